@@ -1,0 +1,56 @@
+# Car detection stack — every entry point a user or CI needs.
+# `make run` and `make test` set everything up on a fresh machine.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+PROTO_OUT := services/proto/model_serving_pb2.py
+DATA_DIR ?= $(abspath ../shared/data/car-object-detection)
+export PYTHONPATH := $(CURDIR)
+export DATA_DIR
+
+.PHONY: setup proto run up down status test test-unit demo train bench logs
+
+setup: $(INSTALLED) $(PROTO_OUT)
+
+$(INSTALLED): requirements.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $@
+
+# gRPC stubs are generated from the one .proto, never edited by hand.
+proto: $(PROTO_OUT)
+$(PROTO_OUT): services/proto/model_serving.proto $(INSTALLED)
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. services/proto/model_serving.proto
+
+run: setup
+	$(PY) scripts/stack.py run
+
+up: setup
+	$(PY) scripts/stack.py up
+
+down:
+	@$(PY) scripts/stack.py down
+
+status:
+	@$(PY) scripts/stack.py status
+
+test: setup
+	$(PY) -m pytest tests
+
+test-unit: setup
+	$(PY) -m pytest tests/unit
+
+demo: setup
+	$(PY) scripts/demo.py $(IMAGES)
+
+train: setup
+	$(PY) -m training.train --data "$(DATA_DIR)"
+
+bench: setup
+	$(PY) loadtest/bench.py
+
+logs:
+	tail -F var/log/*.jsonl

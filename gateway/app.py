@@ -1,0 +1,221 @@
+"""The gateway: the single public entry of the system (port 8080).
+
+Authenticates every call but liveness with an API key, enforces roles and rate
+limits, and runs `POST /api/detect`: image checked once, features and detections
+fetched concurrently, the result stored, and only then acknowledged.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from functools import wraps
+from typing import Any, Callable
+from urllib.parse import quote
+
+from flask import Response, g, jsonify, request
+from flask_limiter import Limiter
+from google.protobuf.json_format import MessageToDict
+
+from gateway.auth import KeyRing, Principal, load_keys
+from gateway.clients import HttpService, ModelServingClient, unavailable
+from services.common import config
+from services.common.images import check_image
+from services.common.logs import request_id_var
+from services.common.pseudonym import hash_user_id
+from services.common.validation import check_request_id, check_user_id
+from services.common.web import ApiError, create_app
+
+SERVICE_NAME = "gateway"
+
+features = HttpService("feature service", config.FEATURE_SERVICE_URL)
+results = HttpService("results service", config.RESULTS_SERVICE_URL)
+model = ModelServingClient(config.MODEL_SERVING_ADDR)
+keyring = KeyRing(load_keys())
+fan_out = ThreadPoolExecutor(max_workers=config.env_int("GATEWAY_FANOUT_THREADS", 16))
+
+
+def _check_http(service: HttpService, path: str) -> Callable[[], None]:
+    def check() -> None:
+        if service.call("GET", path, "readiness").status_code != 200:
+            raise RuntimeError("not ready")
+    return check
+
+
+def _check_model() -> None:
+    if model.health() != "SERVING":
+        raise RuntimeError("model not serving")
+
+
+app = create_app(SERVICE_NAME, ready_checks={
+    "feature-service": _check_http(features, "/health"),
+    "results-service": _check_http(results, "/ready"),
+    "model-serving": _check_model,
+})
+log = app.logger
+
+
+def _rate_key() -> str:
+    principal = keyring.identify(request.headers.get("X-API-Key"))
+    return principal.client_id if principal else f"ip:{request.remote_addr}"
+
+
+limiter = Limiter(
+    _rate_key,
+    app=app,
+    default_limits=[config.env_str("RATE_LIMIT", "50 per second;2000 per minute")],
+    storage_uri=config.env_str("RATELIMIT_STORAGE_URI", "memory://"),
+    # If Redis goes away, limits keep holding per worker instead of failing requests.
+    in_memory_fallback_enabled=True,
+    headers_enabled=True,
+    strategy="moving-window",
+)
+limiter.exempt(app.view_functions["health"])
+limiter.exempt(app.view_functions["ready"])
+
+
+def require(*roles: str) -> Callable:
+    """Authenticate with X-API-Key (401) and authorise by role (403)."""
+
+    def decorator(view: Callable) -> Callable:
+        @wraps(view)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            principal = keyring.identify(request.headers.get("X-API-Key"))
+            if principal is None:
+                raise ApiError(401, "missing or unknown API key (header X-API-Key)",
+                               {"WWW-Authenticate": 'ApiKey header="X-API-Key"'})
+            if principal.role not in roles:
+                raise ApiError(403, f"role {principal.role} may not {request.method} {request.path}")
+            g.principal = principal
+            return view(*args, **kwargs)
+
+        return wrapped
+
+    return decorator
+
+
+def _actor_headers(principal: Principal) -> dict[str, str]:
+    return {"X-Actor-Role": principal.role, "X-Actor-Id": principal.client_id}
+
+
+def _relay(upstream: Any) -> Response:
+    """Pass a service's answer through, keeping its status and JSON body."""
+    if upstream.status_code >= 500:
+        raise unavailable("a backend service")
+    response = Response(upstream.content, status=upstream.status_code,
+                        content_type=upstream.headers.get("Content-Type", "application/json"))
+    if "Content-Disposition" in upstream.headers:
+        response.headers["Content-Disposition"] = upstream.headers["Content-Disposition"]
+    return response
+
+
+def _single_field(name: str, source: Any) -> Any:
+    values = source.getlist(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise ApiError(400, f"field '{name}' was given {len(values)} times; send it once")
+    return values[0]
+
+
+def _features_of(image: bytes, request_id: str) -> dict | None:
+    answer = features.call("POST", "/preprocess?include_image=false", request_id, data=image,
+                           headers={"Content-Type": "application/octet-stream"})
+    if answer.status_code != 200:
+        raise unavailable("the feature service")
+    return answer.json()["features"]
+
+
+@app.post("/api/detect")
+@require("client", "admin")
+def detect() -> tuple[Response, int]:
+    if request.mimetype != "multipart/form-data":
+        raise ApiError(415, "send a multipart/form-data body with file field 'image' and field 'user_id'")
+    upload = _single_field("image", request.files)
+    if upload is None:
+        raise ApiError(400, "missing file field 'image'")
+    user_id = check_user_id(_single_field("user_id", request.form))
+    data = upload.read()
+    image = check_image(data)
+    request_id = g.request_id
+    context = request_id_var.get()
+
+    # Features are for monitoring: if the feature service is down the detection
+    # is still served and stored, and the gap is logged.
+    feature_future = fan_out.submit(_in_context, context, _features_of, data, request_id)
+    prediction = model.predict(image.model_bytes, user_id, request_id)
+    try:
+        image_features = feature_future.result()
+    except ApiError:
+        log.warning("features unavailable; serving detections without them", extra={"event.action": "detect"})
+        image_features = None
+    detections = [MessageToDict(d, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+                  for d in prediction.detections]
+    stored = results.call("POST", "/predictions", request_id, json={
+        "request_id": request_id,
+        "user_id": user_id,
+        "client_id": g.principal.client_id,
+        "detections": detections,
+        "features": image_features,
+        "model_name": prediction.model_name,
+        "model_version": prediction.model_version,
+        "inference_time_ms": prediction.inference_time_ms,
+    }, headers=_actor_headers(g.principal))
+    if stored.status_code == 409:
+        raise ApiError(409, f"request id {request_id} was already used; send a new X-Request-ID")
+    if stored.status_code != 201:
+        # Never acknowledge what was not stored.
+        raise unavailable("result storage")
+    log.info("detected %d objects", len(detections), extra={
+        "event.action": "detect", "event.outcome": "success", "user.hash": hash_user_id(user_id),
+        "model.version": prediction.model_version, "detection.count": len(detections)})
+    return jsonify({
+        "request_id": request_id,
+        "detections": detections,
+        "model_name": prediction.model_name,
+        "model_version": prediction.model_version,
+        "inference_time_ms": round(prediction.inference_time_ms, 3),
+        "image": {"width": prediction.image_width, "height": prediction.image_height},
+        "features": image_features,
+    }), 201
+
+
+def _in_context(request_id: str | None, function: Callable, *args: Any) -> Any:
+    request_id_var.set(request_id)
+    return function(*args)
+
+
+@app.post("/api/features/<path:path>")
+@require("client", "dpo", "admin")
+def feature_route(path: str) -> Response:
+    answer = features.call("POST", f"/{path}", g.request_id, data=request.get_data(),
+                           params=request.args, headers={"Content-Type": request.content_type or ""})
+    return _relay(answer)
+
+
+@app.get("/api/results/predictions/<request_id>")
+@require("client", "dpo", "admin")
+def read_prediction(request_id: str) -> Response:
+    check_request_id(request_id)
+    answer = results.call("GET", f"/predictions/{request_id}", g.request_id, headers=_actor_headers(g.principal))
+    if answer.status_code == 200 and g.principal.role == "client" and answer.json().get("client_id") != g.principal.client_id:
+        raise ApiError(403, "this prediction was created by another client")
+    return _relay(answer)
+
+
+@app.get("/api/results/predictions/user/<path:user_id>")
+@require("client", "dpo", "admin")
+def access_user_data(user_id: str) -> Response:
+    check_user_id(user_id)
+    params = dict(request.args)
+    if g.principal.role == "client":
+        params["client_id"] = g.principal.client_id  # a client sees only what it created
+    answer = results.call("GET", f"/predictions/user/{quote(user_id, safe='')}", g.request_id,
+                          params=params, headers=_actor_headers(g.principal))
+    return _relay(answer)
+
+
+@app.delete("/api/results/predictions/user/<path:user_id>")
+@require("dpo", "admin")
+def erase_user_data(user_id: str) -> Response:
+    check_user_id(user_id)
+    answer = results.call("DELETE", f"/predictions/user/{quote(user_id, safe='')}", g.request_id, headers=_actor_headers(g.principal))
+    return _relay(answer)

@@ -1,0 +1,217 @@
+"""Start, watch and stop the local stack (make run / make up / make down).
+
+supervisord does the process management; this script only prepares the
+environment, waits until every service answers its health check, and says
+where things are.
+
+    python scripts/stack.py run    # attached; Ctrl-C stops every process
+    python scripts/stack.py up     # detached; returns 0 once all are healthy
+    python scripts/stack.py down
+    python scripts/stack.py status
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = REPO_ROOT / ".venv" / "bin"
+CONF = REPO_ROOT / "scripts" / "supervisord.conf"
+START_TIMEOUT_S = float(os.environ.get("STACK_START_TIMEOUT_S", "240"))
+
+DEFAULTS = {
+    "BIND_HOST": "127.0.0.1",
+    "GATEWAY_PORT": "8080",
+    "FEATURE_PORT": "5001",
+    "RESULTS_PORT": "5002",
+    "MODEL_SERVING_PORT": "50051",
+    "TRITON_HTTP_PORT": "8000",
+    "TRITON_GRPC_PORT": "8001",
+    "TRITON_METRICS_PORT": "8002",
+    # Rate limits must hold across gunicorn workers: they share Redis.
+    "RATELIMIT_STORAGE_URI": "redis://127.0.0.1:6379/0",
+}
+
+
+def stack_env() -> dict[str, str]:
+    env = dict(os.environ)
+    for name, value in DEFAULTS.items():
+        env.setdefault(name, value)
+    env.setdefault("VAR_DIR", str(REPO_ROOT / "var"))
+    env["REPO_ROOT"] = str(REPO_ROOT)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def var_dir(env: dict[str, str]) -> Path:
+    return Path(env["VAR_DIR"])
+
+
+def _http_ok(url: str) -> Callable[[], bool]:
+    def probe() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                return answer.status == 200
+        except Exception:
+            return False
+    return probe
+
+
+def _grpc_serving(address: str) -> Callable[[], bool]:
+    def probe() -> bool:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        try:
+            with grpc.insecure_channel(address) as channel:
+                answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+            return answer.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            return False
+    return probe
+
+
+def health_checks(env: dict[str, str]) -> dict[str, Callable[[], bool]]:
+    """In start order: each one's dependencies come before it."""
+    return {
+        "triton": _http_ok(f"http://127.0.0.1:{env['TRITON_HTTP_PORT']}/v2/models/car_detector/ready"),
+        "model-serving": _grpc_serving(f"127.0.0.1:{env['MODEL_SERVING_PORT']}"),
+        "feature-service": _http_ok(f"http://127.0.0.1:{env['FEATURE_PORT']}/health"),
+        "results-service": _http_ok(f"http://127.0.0.1:{env['RESULTS_PORT']}/ready"),
+        "gateway": _http_ok(f"http://127.0.0.1:{env['GATEWAY_PORT']}/ready"),
+    }
+
+
+def log_tail(env: dict[str, str], service: str, lines: int = 40) -> str:
+    out = []
+    for path in sorted(var_dir(env).glob(f"log/{service}*")):
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+        if text:
+            out.append(f"--- {path} (last {len(text)} lines)\n" + "\n".join(text))
+    return "\n".join(out) or f"(no log for {service} under {var_dir(env) / 'log'})"
+
+
+def supervisorctl(env: dict[str, str], *args: str, check: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VENV_BIN / "supervisorctl"), "-c", str(CONF), *args], env=env,
+                          capture_output=True, text=True, check=check)
+
+
+def is_running(env: dict[str, str]) -> bool:
+    return supervisorctl(env, "pid").returncode == 0
+
+
+def wait_healthy(env: dict[str, str], process: subprocess.Popen | None = None) -> str | None:
+    """Wait for every service; return the name of the one that never became healthy."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    for name, probe in health_checks(env).items():
+        while not probe():
+            exited = process is not None and process.poll() is not None
+            if exited or time.monotonic() > deadline or _has_died(env, name):
+                return name
+            time.sleep(0.5)
+    return None
+
+
+def _has_died(env: dict[str, str], name: str) -> bool:
+    status = supervisorctl(env, "status", name).stdout
+    return any(state in status for state in ("FATAL", "EXITED", "BACKOFF"))
+
+
+def prepare(env: dict[str, str]) -> None:
+    for sub in ("log", "run", "secrets"):
+        (var_dir(env) / sub).mkdir(parents=True, exist_ok=True)
+    if not env.get("API_KEYS") and not env.get("API_KEYS_FILE"):
+        sys.path.insert(0, str(REPO_ROOT))
+        os.environ["VAR_DIR"] = env["VAR_DIR"]
+        from gateway.auth import default_keys_file, ensure_keys_file
+
+        ensure_keys_file(default_keys_file())
+
+
+def announce(env: dict[str, str]) -> None:
+    keys = "API_KEYS (environment)" if env.get("API_KEYS") else env.get("API_KEYS_FILE") or var_dir(env) / "secrets" / "api_keys"
+    print(f"stack ready: gateway http://127.0.0.1:{env['GATEWAY_PORT']}  "
+          f"triton grpc 127.0.0.1:{env['TRITON_GRPC_PORT']}  adapter grpc 127.0.0.1:{env['MODEL_SERVING_PORT']}\n"
+          f"API keys (key:role): {keys}\nlogs: {var_dir(env) / 'log'}", flush=True)
+
+
+def up(env: dict[str, str]) -> int:
+    if is_running(env):
+        print("stack already running; checking health")
+    else:
+        prepare(env)
+        subprocess.run([str(VENV_BIN / "supervisord"), "-c", str(CONF)], env=env, check=True)
+    failed = wait_healthy(env)
+    if failed:
+        print(f"service {failed} did not become healthy within {START_TIMEOUT_S:.0f}s:\n{log_tail(env, failed)}",
+              file=sys.stderr)
+        down(env)
+        return 1
+    announce(env)
+    return 0
+
+
+def down(env: dict[str, str]) -> int:
+    if not is_running(env):
+        print("stack not running")
+        return 0
+    pid_file = var_dir(env) / "run" / "supervisord.pid"
+    pid = int(pid_file.read_text()) if pid_file.exists() else None
+    supervisorctl(env, "shutdown")
+    for _ in range(120):  # supervisord stops its children before it exits
+        if pid is None or not _alive(pid):
+            break
+        time.sleep(0.5)
+    print("stack stopped")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def run(env: dict[str, str]) -> int:
+    if is_running(env):
+        print("a detached stack is running; `make down` first", file=sys.stderr)
+        return 1
+    prepare(env)
+    process = subprocess.Popen([str(VENV_BIN / "supervisord"), "-n", "-c", str(CONF)], env=env)
+    # Ctrl-C reaches supervisord too (same process group); it stops every child.
+    signal.signal(signal.SIGINT, lambda *_: None)
+    signal.signal(signal.SIGTERM, lambda *_: process.send_signal(signal.SIGTERM))
+    failed = wait_healthy(env, process)
+    if failed and process.poll() is None:
+        print(f"service {failed} is not healthy yet:\n{log_tail(env, failed)}", file=sys.stderr)
+    elif not failed:
+        announce(env)
+        print("Ctrl-C stops every process.", flush=True)
+    return process.wait()
+
+
+def status(env: dict[str, str]) -> int:
+    if not is_running(env):
+        print("stack not running")
+        return 3
+    print(supervisorctl(env, "status").stdout, end="")
+    for name, probe in health_checks(env).items():
+        print(f"{name:16} {'healthy' if probe() else 'NOT healthy'}")
+    return 0
+
+
+if __name__ == "__main__":
+    commands = {"up": up, "down": down, "run": run, "status": status}
+    if len(sys.argv) != 2 or sys.argv[1] not in commands:
+        sys.exit(f"usage: {sys.argv[0]} {'|'.join(commands)}")
+    sys.exit(commands[sys.argv[1]](stack_env()))

@@ -1,0 +1,1 @@
+"""Code shared by every service: configuration, logging, pseudonymisation, images, HTTP."""

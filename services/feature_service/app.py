@@ -1,0 +1,68 @@
+"""Feature service: image in; model-ready image and monitoring features out.
+
+`POST /preprocess` takes the image as a multipart file field `image`, as a raw
+body with an image/* content type, or as the seed's JSON
+`{"image": "<base64>", "request_id": "..."}`.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import time
+
+from flask import Response, g, jsonify, request
+from PIL import Image
+
+from services.common import config
+from services.common.images import check_image
+from services.common.web import ApiError, create_app, json_body
+from services.feature_service.features import extract_features
+
+SERVICE_NAME = "feature-service"
+# The detector's input size; the model-ready image is the frame resized to it.
+MODEL_INPUT_WIDTH = config.env_int("MODEL_INPUT_WIDTH", 512)
+MODEL_INPUT_HEIGHT = config.env_int("MODEL_INPUT_HEIGHT", 288)
+
+app = create_app(SERVICE_NAME)
+log = app.logger
+
+
+def _uploaded_bytes() -> bytes:
+    if request.mimetype == "multipart/form-data":
+        upload = request.files.get("image")
+        if upload is None:
+            raise ApiError(400, "missing file field 'image' in the multipart form")
+        return upload.read()
+    if request.mimetype.startswith("image/") or request.mimetype == "application/octet-stream":
+        return request.get_data()
+    body = json_body()
+    encoded = body.get("image")
+    if not isinstance(encoded, str) or not encoded:
+        raise ApiError(400, "field 'image' must be a non-empty base64 string")
+    if len(encoded) > config.MAX_UPLOAD_BYTES * 4 // 3 + 4:
+        raise ApiError(413, f"image is above the limit of {config.MAX_UPLOAD_BYTES} bytes")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "field 'image' is not valid base64") from None
+
+
+def _wants_image() -> bool:
+    return request.args.get("include_image", "true").lower() not in ("0", "false", "no")
+
+
+@app.post("/preprocess")
+def preprocess() -> Response:
+    started = time.perf_counter()
+    image = check_image(_uploaded_bytes())
+    features = extract_features(image)
+    body: dict = {"request_id": g.request_id, "features": features}
+    if _wants_image():
+        resized = image.rgb.resize((MODEL_INPUT_WIDTH, MODEL_INPUT_HEIGHT), Image.Resampling.BILINEAR)
+        buffer = io.BytesIO()
+        resized.save(buffer, format="JPEG", quality=95)
+        body["preprocessed_image"] = base64.b64encode(buffer.getvalue()).decode()
+        body["preprocessed_size"] = {"width": MODEL_INPUT_WIDTH, "height": MODEL_INPUT_HEIGHT}
+    body["processing_time_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    return jsonify(body)

@@ -1,0 +1,145 @@
+"""gRPC model-serving adapter: the seed's `ModelServing` API over Triton.
+
+It validates the image (so a bad one is INVALID_ARGUMENT, not INTERNAL), asks
+Triton for detections through one reused channel, filters them at the
+configured confidence, and reports the model version Triton actually used.
+Also serves the standard `grpc.health.v1` Health service, kept in step with
+Triton's readiness by a background probe.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+import uuid
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from services.common import config
+from services.common.images import ImageRejected, check_image
+from services.common.logs import request_id_var, setup_logging
+from services.common.pseudonym import hash_user_id
+from services.model_serving.triton import ModelRejected, ModelUnavailable, TritonDetector
+from services.proto import model_serving_pb2 as pb
+from services.proto import model_serving_pb2_grpc as pb_grpc
+
+SERVICE_NAME = "model-serving"
+FULL_SERVICE_NAME = "modelserving.ModelServing"
+CONFIDENCE_THRESHOLD = config.env_float("CONFIDENCE_THRESHOLD", 0.4)
+HEALTH_PROBE_INTERVAL_S = config.env_float("HEALTH_PROBE_INTERVAL_S", 2.0)
+
+log = setup_logging(SERVICE_NAME)
+
+
+def _request_id(request: pb.PredictionRequest, context: grpc.ServicerContext) -> str:
+    metadata = dict(context.invocation_metadata() or ())
+    return request.request_id or metadata.get("x-request-id") or uuid.uuid4().hex
+
+
+class ModelServingServicer(pb_grpc.ModelServingServicer):
+    def __init__(self, detector: TritonDetector) -> None:
+        self.detector = detector
+
+    def Predict(self, request: pb.PredictionRequest, context: grpc.ServicerContext) -> pb.PredictionResponse:
+        request_id = _request_id(request, context)
+        token = request_id_var.set(request_id)
+        try:
+            return self._predict(request, request_id, context)
+        finally:
+            request_id_var.reset(token)
+
+    def _predict(self, request: pb.PredictionRequest, request_id: str, context: grpc.ServicerContext) -> pb.PredictionResponse:
+        user = {"user.hash": hash_user_id(request.user_id)} if request.user_id else {}
+        try:
+            image = check_image(request.image_data)
+        except ImageRejected as exc:
+            log.info("image rejected: %s", exc.message, extra={"event.action": "predict", "event.outcome": "failure", **user})
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+        threshold = request.min_confidence if request.min_confidence > 0 else CONFIDENCE_THRESHOLD
+        try:
+            inference = self.detector.detect(image.model_bytes, request_id, threshold)
+        except ModelRejected as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the model could not read the image: {exc}")
+        except ModelUnavailable as exc:
+            log.warning("triton unavailable: %s", exc, extra={"event.action": "predict", "event.outcome": "failure"})
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the model server is unavailable; retry later")
+        log.info(
+            "predicted %d detections",
+            len(inference.detections),
+            extra={
+                "event.action": "predict",
+                "event.outcome": "success",
+                "event.duration": int(inference.inference_time_ms * 1e6),
+                "model.version": inference.model_version,
+                "detection.count": len(inference.detections),
+                **user,
+            },
+        )
+        return pb.PredictionResponse(
+            request_id=request_id,
+            detections=[
+                pb.Detection(
+                    class_name=d.class_name,
+                    confidence=d.confidence,
+                    bbox=pb.BoundingBox(x_min=d.box[0], y_min=d.box[1], x_max=d.box[2], y_max=d.box[3]),
+                )
+                for d in inference.detections
+            ],
+            model_version=inference.model_version,
+            inference_time_ms=inference.inference_time_ms,
+            model_name=self.detector.model_name,
+            image_width=image.width,
+            image_height=image.height,
+        )
+
+    def HealthCheck(self, request: pb.HealthCheckRequest, context: grpc.ServicerContext) -> pb.HealthCheckResponse:
+        if not self.detector.is_ready():
+            return pb.HealthCheckResponse(status="NOT_SERVING", detail=f"model {self.detector.model_name} is not ready in Triton")
+        return pb.HealthCheckResponse(status="SERVING", model_version=self.detector.served_version())
+
+
+def _follow_triton(detector: TritonDetector, health_servicer: health.HealthServicer, stop: threading.Event) -> None:
+    """Keep grpc.health.v1 in step with Triton, so probes see what users would."""
+    last = None
+    while not stop.is_set():
+        status = health_pb2.HealthCheckResponse.SERVING if detector.is_ready() else health_pb2.HealthCheckResponse.NOT_SERVING
+        if status != last:
+            for name in ("", FULL_SERVICE_NAME):
+                health_servicer.set(name, status)
+            log.info("health: %s", health_pb2.HealthCheckResponse.ServingStatus.Name(status), extra={"event.action": "health"})
+            last = status
+        stop.wait(HEALTH_PROBE_INTERVAL_S)
+
+
+def serve() -> None:
+    detector = TritonDetector(config.TRITON_GRPC_URL, config.TRITON_MODEL_NAME, config.INTERNAL_TIMEOUT_S)
+    message_limit = config.MAX_UPLOAD_BYTES + 64 * 1024
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.env_int("GRPC_WORKERS", 16)),
+        options=[
+            ("grpc.max_receive_message_length", message_limit),
+            ("grpc.max_send_message_length", message_limit),
+        ],
+    )
+    pb_grpc.add_ModelServingServicer_to_server(ModelServingServicer(detector), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = f"{config.env_str('BIND_HOST', '127.0.0.1')}:{config.MODEL_SERVING_PORT}"
+    server.add_insecure_port(address)
+    stop = threading.Event()
+    threading.Thread(target=_follow_triton, args=(detector, health_servicer, stop), daemon=True).start()
+    server.start()
+    log.info("listening on %s, Triton at %s", address, config.TRITON_GRPC_URL, extra={"event.action": "start"})
+
+    def _shutdown(signum: int, _frame: object) -> None:
+        stop.set()
+        server.stop(grace=5)
+
+    signal.signal(signal.SIGTERM, _shutdown)
+    signal.signal(signal.SIGINT, _shutdown)
+    server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    serve()

@@ -1,0 +1,104 @@
+"""Shared fixtures: the real local stack (Triton included), started once per test
+session on its own ports and runtime folder so it never collides with a stack a
+developer has running, and with PostgreSQL as the results database."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2
+import pytest
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "car-object-detection"))
+TEST_VAR = REPO_ROOT / "var" / "test-stack"
+PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+TEST_DB = "car_detection_test"
+
+KEYS = {"client": "client-a-key-0123456789", "client_b": "client-b-key-0123456789",
+        "dpo": "dpo-key-0123456789", "admin": "admin-key-0123456789"}
+
+PORTS = {
+    "GATEWAY_PORT": "18080", "FEATURE_PORT": "15001", "RESULTS_PORT": "15002",
+    "MODEL_SERVING_PORT": "15051", "TRITON_HTTP_PORT": "18000", "TRITON_GRPC_PORT": "18001",
+    "TRITON_METRICS_PORT": "18002",
+}
+
+
+@dataclass(frozen=True)
+class Stack:
+    env: dict[str, str]
+    var_dir: Path
+
+    def url(self, port_name: str, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.env[port_name]}{path}"
+
+    @property
+    def gateway(self) -> str:
+        return self.url("GATEWAY_PORT")
+
+    @property
+    def triton_grpc(self) -> str:
+        return f"127.0.0.1:{self.env['TRITON_GRPC_PORT']}"
+
+    @property
+    def adapter(self) -> str:
+        return f"127.0.0.1:{self.env['MODEL_SERVING_PORT']}"
+
+
+def recreate_database(name: str) -> str:
+    connection = psycopg2.connect(PG_ADMIN_DSN)
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    connection.close()
+    return PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
+
+
+def stack_command(env: dict[str, str], command: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "stack.py"), command],
+                          env=env, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    shutil.rmtree(TEST_VAR, ignore_errors=True)
+    env = dict(os.environ, **PORTS)
+    env.update({
+        "VAR_DIR": str(TEST_VAR),
+        "DATABASE_URL": recreate_database(TEST_DB),
+        "API_KEYS": ",".join(f"{KEYS[name]}:{name.split('_')[0]}" for name in KEYS),
+        "PSEUDONYM_KEY": "test-pseudonym-key-" + uuid.uuid4().hex,
+        "RATE_LIMIT": "1000 per second",
+        "RATELIMIT_STORAGE_URI": "redis://127.0.0.1:6379/15",
+    })
+    started = stack_command(env, "up")
+    if started.returncode != 0:
+        stack_command(env, "down")
+        pytest.fail(f"the local stack did not start:\n{started.stdout}\n{started.stderr}")
+    try:
+        yield Stack(env=env, var_dir=TEST_VAR)
+    finally:
+        stack_command(env, "down")
+
+
+@pytest.fixture(scope="session")
+def http() -> requests.Session:
+    return requests.Session()
+
+
+def headers(role: str, **extra: str) -> dict[str, str]:
+    return {"X-API-Key": KEYS[role], **extra}
+
+
+def frame(name: str = "vid_4_1000.jpg") -> bytes:
+    """A real frame of the dataset (vid_4_1000 holds one car)."""
+    return (DATA_DIR / "training_images" / name).read_bytes()
