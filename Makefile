@@ -10,7 +10,7 @@ DATA_DIR ?= $(abspath ../shared/data/car-object-detection)
 export PYTHONPATH := $(CURDIR)
 export DATA_DIR
 
-.PHONY: setup proto run up down status test test-unit demo train bench logs
+.PHONY: setup proto run up down status test test-unit test-deploy demo train bench logs loadtest
 
 setup: $(INSTALLED) $(PROTO_OUT)
 
@@ -38,7 +38,12 @@ status:
 	@$(PY) scripts/stack.py status
 
 test: setup
+	@bash scripts/install_tools.sh
 	$(PY) -m pytest tests
+
+test-deploy: setup
+	@bash scripts/install_tools.sh
+	$(PY) -m pytest tests/deploy
 
 test-unit: setup
 	$(PY) -m pytest tests/unit
@@ -54,3 +59,10 @@ bench: setup
 
 logs:
 	tail -F var/log/*.jsonl
+
+USERS ?= 8
+DURATION ?= 60s
+loadtest: setup
+	@mkdir -p var/loadtest
+	$(VENV)/bin/locust -f loadtest/locustfile.py --headless -u $(USERS) -r $(USERS) -t $(DURATION) \
+		--host http://127.0.0.1:$${GATEWAY_PORT:-8080} --csv var/loadtest/run --html var/loadtest/report.html
