@@ -3,8 +3,10 @@ session on its own ports and runtime folder so it never collides with a stack a
 developer has running, and with PostgreSQL as the results database."""
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import uuid
@@ -70,6 +72,9 @@ def stack_command(env: dict[str, str], command: str) -> subprocess.CompletedProc
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
+    # One test stack per machine at a time: concurrent sessions would share its ports.
+    lock = open("/tmp/car-detection-test-stack.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     shutil.rmtree(TEST_VAR, ignore_errors=True)
     env = dict(os.environ, **PORTS)
     env.update({
@@ -88,11 +93,19 @@ def stack() -> Iterator[Stack]:
         yield Stack(env=env, var_dir=TEST_VAR)
     finally:
         stack_command(env, "down")
+        fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")
 def http() -> requests.Session:
     return requests.Session()
+
+
+def free_port() -> str:
+    """A port nothing listens on now, for an extra service a test starts itself."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
 
 
 def headers(role: str, **extra: str) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """Image features for monitoring data drift (not for the model itself).
 
-Computed on a copy of at most 512 px on its longer side: the statistics barely
+Computed on a copy of at most 320 px on its longer side: the statistics barely
 move with scale and the cost stays flat whatever the upload's size.
 
 | feature          | meaning                                                        |
@@ -22,7 +22,7 @@ from PIL import Image
 
 from services.common.images import CheckedImage
 
-ANALYSIS_SIDE = 512
+ANALYSIS_SIDE = 320
 
 
 def extract_features(image: CheckedImage) -> dict[str, float | int | str]:

@@ -37,7 +37,7 @@ def test_upload_above_the_size_limit(stack, http):
 
 
 @pytest.mark.parametrize("form,expected", [
-    ({"files": {}, "data": {"user_id": "u"}}, "image"),
+    ({"files": {"user_id": (None, "u")}}, "image"),
     ({"files": {"image": ("f.jpg", b"", "image/jpeg")}, "data": {"user_id": "u"}}, "empty"),
     ({"files": {"image": ("f.jpg", b"x", "image/jpeg")}, "data": {}}, "user_id"),
     ({"files": {"image": ("f.jpg", b"x", "image/jpeg")}, "data": {"user_id": "a\x00b"}}, "control"),

@@ -2,32 +2,30 @@
 (the stack's instance) and the embedded SQLite file (a second instance)."""
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
-import sys
 import time
 import uuid
 
 import pytest
 import requests
 
-from tests.conftest import REPO_ROOT
-
-SQLITE_PORT = "15012"
+from tests.conftest import REPO_ROOT, free_port
 
 
 @pytest.fixture(scope="module")
 def sqlite_results(stack):
     """A second results service, without DATABASE_URL: the embedded SQLite default."""
-    var = stack.var_dir / "sqlite-results"
+    var, port = stack.var_dir / "sqlite-results", free_port()
     env = {k: v for k, v in stack.env.items() if k != "DATABASE_URL"}
     env.update(VAR_DIR=str(var), PYTHONPATH=str(REPO_ROOT))
+    var.mkdir(parents=True, exist_ok=True)
+    log = open(var / "results-service.log", "w")
     process = subprocess.Popen(
         [str(REPO_ROOT / ".venv/bin/gunicorn"), "-c", "services/common/gunicorn_conf.py",
-         "-b", f"127.0.0.1:{SQLITE_PORT}", "services.results_service.app:app"],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{SQLITE_PORT}"
+         "-b", f"127.0.0.1:{port}", "services.results_service.app:app"],
+        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
             if requests.get(f"{url}/ready", timeout=1).status_code == 200:

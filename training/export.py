@@ -1,0 +1,147 @@
+"""Export: SavedModel with an encoded-image serving signature, and Triton version dirs.
+
+The ``serving_default`` signature takes ``images``: tf.string [None] (encoded JPEG, PNG, GIF,
+BMP, WebP files as a client has them, any size, grayscale/RGBA/16-bit), decodes, resizes, runs the
+network, decodes boxes and applies NMS, all in the graph. Outputs: ``boxes`` [None,K,4]
+(x1,y1,x2,y2 in original pixels, clipped), ``scores`` [None,K] (descending), ``labels``
+tf.string [None,K] and ``num_detections`` int32 [None].
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import tensorflow as tf
+
+from training import MODEL_NAME, REPO_ROOT
+from training.model import decode
+
+log = logging.getLogger(__name__)
+
+TRITON_TEMPLATE = Path(__file__).resolve().parent / "triton_model.py"
+SCORE_FLOOR = 0.05
+MAX_DETECTIONS = 100
+
+
+class Detector(tf.Module):
+    """Wraps the Keras network with the in-graph pre/post-processing used for serving."""
+
+    def __init__(self, model: tf.keras.Model, input_hw: tuple[int, int], class_names: list[str]):
+        super().__init__()
+        self.model = model
+        self.input_hw = tuple(int(v) for v in input_hw)
+        self.class_names = tf.constant(class_names, dtype=tf.string)
+
+    def _decode_one(self, data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        # uint8 output scales 16-bit PNGs down and is the only dtype WebP supports;
+        # channels=3 turns grayscale/palette into RGB and drops alpha; expand_animations=False
+        # keeps GIFs 3-D (first frame).
+        img = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+        img.set_shape([None, None, 3])
+        hw = tf.shape(img)[:2]
+        resized = tf.image.resize(tf.cast(img, tf.float32), self.input_hw, method="bilinear", antialias=False)
+        return resized, tf.cast(hw, tf.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        resized, hw = tf.map_fn(
+            self._decode_one,
+            images,
+            fn_output_signature=(
+                tf.TensorSpec([self.input_hw[0], self.input_hw[1], 3], tf.float32),
+                tf.TensorSpec([2], tf.float32),
+            ),
+        )
+        heat, ltrb = self.model(resized, training=False)
+        wh = tf.stack([hw[:, 1], hw[:, 0]], axis=1)
+        scale = wh / tf.constant([self.input_hw[1], self.input_hw[0]], tf.float32)
+        out = decode(heat, ltrb, scale, wh, max_detections=MAX_DETECTIONS, score_floor=SCORE_FLOOR)
+        labels = tf.gather(self.class_names, out["classes"])
+        # Padding rows (beyond num_detections) get an empty label.
+        valid = tf.range(MAX_DETECTIONS)[None, :] < out["num_detections"][:, None]
+        labels = tf.where(valid, labels, tf.constant(b""))
+        return {
+            "boxes": out["boxes"],
+            "scores": out["scores"],
+            "labels": labels,
+            "num_detections": out["num_detections"],
+        }
+
+
+def save_savedmodel(detector: Detector, path: Path) -> None:
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    tf.saved_model.save(detector, str(path), signatures={"serving_default": detector.serve})
+
+
+def next_version(model_dir: Path) -> int:
+    versions = [int(p.name) for p in Path(model_dir).glob("*") if p.is_dir() and re.fullmatch(r"\d+", p.name)]
+    return max(versions, default=0) + 1
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        commit = out.stdout.strip() if out.returncode == 0 else "unknown"
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "training"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        return commit + ("-dirty" if dirty and commit != "unknown" else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def write_version(
+    detector: Detector,
+    repository: Path,
+    metadata: dict,
+    version: int | None = None,
+) -> Path:
+    """Write ``<repository>/car_detector/<N>/`` with model.py, model.savedmodel and metadata."""
+    model_dir = Path(repository) / MODEL_NAME
+    model_dir.mkdir(parents=True, exist_ok=True)
+    version = version or next_version(model_dir)
+    vdir = model_dir / str(version)
+    # Build in a temp dir and swap, so a running Triton never sees half a version.
+    tmp = model_dir / f".tmp-{version}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_savedmodel(detector, tmp / "model.savedmodel")
+    shutil.copy2(TRITON_TEMPLATE, tmp / "model.py")
+    meta = dict(metadata)
+    meta.update(
+        {
+            "model_name": MODEL_NAME,
+            "version": version,
+            "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "git_commit": git_commit(),
+        }
+    )
+    (tmp / "model_metadata.json").write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")
+    if vdir.exists():
+        shutil.rmtree(vdir)
+    tmp.rename(vdir)
+    log.info("exported %s", vdir)
+    return vdir
+
+
+def _json_default(o):  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o))
