@@ -10,7 +10,7 @@ DATA_DIR ?= $(abspath ../shared/data/car-object-detection)
 export PYTHONPATH := $(CURDIR)
 export DATA_DIR
 
-.PHONY: setup proto run up down status test test-unit test-deploy demo train bench logs loadtest
+.PHONY: setup proto run up down status test test-unit test-deploy demo train bench logs trace loadtest
 
 setup: $(INSTALLED) $(PROTO_OUT)
 
@@ -58,7 +58,11 @@ bench: setup
 	$(PY) loadtest/bench.py
 
 logs:
-	tail -F var/log/*.jsonl
+	@tail -n 20 -F var/log/*.jsonl
+
+trace:
+	@test -n "$(ID)" || { echo "usage: make trace ID=<request id>" >&2; exit 2; }
+	@$(PY) scripts/trace.py "$(ID)"
 
 USERS ?= 8
 DURATION ?= 60s

@@ -6,6 +6,8 @@ fetched concurrently, the result stored, and only then acknowledged.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from concurrent.futures import ThreadPoolExecutor
 from functools import wraps
 from typing import Any, Callable
@@ -16,10 +18,10 @@ from flask_limiter import Limiter
 from google.protobuf.json_format import MessageToDict
 
 from gateway.auth import KeyRing, Principal, load_keys
-from gateway.clients import HttpService, ModelServingClient, unavailable
-from services.common import config
+from gateway.clients import HttpService, ModelServingClient, ResultsService, unavailable
+from services.common import config, metrics
 from services.common.images import check_image
-from services.common.logs import request_id_var
+from services.common.logs import detection_fields, feature_fields, request_id_var
 from services.common.pseudonym import hash_user_id
 from services.common.validation import check_request_id, check_user_id
 from services.common.web import ApiError, create_app
@@ -27,9 +29,10 @@ from services.common.web import ApiError, create_app
 SERVICE_NAME = "gateway"
 
 features = HttpService("feature service", config.FEATURE_SERVICE_URL)
-results = HttpService("results service", config.RESULTS_SERVICE_URL)
+results = ResultsService("results service", config.RESULTS_SERVICE_URL)
 model = ModelServingClient(config.MODEL_SERVING_ADDR)
 keyring = KeyRing(load_keys())
+FEATURE_ROUTES = frozenset({"preprocess"})
 fan_out = ThreadPoolExecutor(max_workers=config.env_int("GATEWAY_FANOUT_THREADS", 16))
 
 
@@ -49,7 +52,7 @@ app = create_app(SERVICE_NAME, ready_checks={
     "feature-service": _check_http(features, "/health"),
     "results-service": _check_http(results, "/ready"),
     "model-serving": _check_model,
-})
+}, openapi=Path(__file__).with_name("openapi.yaml"))
 log = app.logger
 
 
@@ -140,6 +143,7 @@ def detect() -> tuple[Response, int]:
 
     # Features are for monitoring: if the feature service is down the detection
     # is still served and stored, and the gap is logged.
+    results.ensure_available()  # storage known down: 503 now, not after an inference
     feature_future = fan_out.submit(_in_context, context, _features_of, data, request_id)
     prediction = model.predict(image.model_bytes, user_id, request_id)
     try:
@@ -166,7 +170,8 @@ def detect() -> tuple[Response, int]:
         raise unavailable("result storage")
     log.info("detected %d objects", len(detections), extra={
         "event.action": "detect", "event.outcome": "success", "user.hash": hash_user_id(user_id),
-        "model.version": prediction.model_version, "detection.count": len(detections)})
+        "model.version": prediction.model_version, **detection_fields(detections), **feature_fields(image_features)})
+    metrics.observe_features(image_features)
     return jsonify({
         "request_id": request_id,
         "detections": detections,
@@ -186,6 +191,8 @@ def _in_context(request_id: str | None, function: Callable, *args: Any) -> Any:
 @app.post("/api/features/<path:path>")
 @require("client", "dpo", "admin")
 def feature_route(path: str) -> Response:
+    if path not in FEATURE_ROUTES:  # no path traversal into the internal service
+        raise ApiError(404, f"no feature endpoint {path[:64]!r}; available: {', '.join(sorted(FEATURE_ROUTES))}")
     answer = features.call("POST", f"/{path}", g.request_id, data=request.get_data(),
                            params=request.args, headers={"Content-Type": request.content_type or ""})
     return _relay(answer)
@@ -219,3 +226,54 @@ def erase_user_data(user_id: str) -> Response:
     check_user_id(user_id)
     answer = results.call("DELETE", f"/predictions/user/{quote(user_id, safe='')}", g.request_id, headers=_actor_headers(g.principal))
     return _relay(answer)
+
+
+# --- governance: feedback/recourse and explanations (logic in governance/) ---------------
+
+@app.post("/api/results/predictions/<request_id>/feedback")
+@require("client", "dpo", "admin")
+def contest_prediction(request_id: str) -> tuple[Response, int] | Response:
+    """Feedback on / contestation of a prediction: JSON {reason, correct: bool, comment?}.
+    A client may contest only the predictions it created; dpo and admin any."""
+    check_request_id(request_id)
+    params = {"client_id": g.principal.client_id} if g.principal.role == "client" else {}
+    answer = results.call("POST", f"/predictions/{request_id}/feedback", g.request_id, params=params,
+                          data=request.get_data(), headers={**_actor_headers(g.principal),
+                                                           "Content-Type": request.content_type or ""})
+    return _relay(answer)
+
+
+@app.post("/api/explain")
+@require("client", "dpo", "admin")
+def explain() -> Response:
+    """Occlusion-sensitivity explanation of each detection of an uploaded image
+    (multipart field `image`; `?format=png` for the heat map alone, `?grid=12x8`,
+    `?threshold=0.4`). See governance/EXPLAINABILITY.md."""
+    from governance.explain import ExplainError, as_json, explain_image, parse_grid
+
+    if request.mimetype != "multipart/form-data":
+        raise ApiError(415, "send a multipart/form-data body with file field 'image'")
+    upload = _single_field("image", request.files)
+    if upload is None:
+        raise ApiError(400, "missing file field 'image'")
+    try:
+        threshold = float(request.args.get("threshold", config.env_float("CONFIDENCE_THRESHOLD", 0.4)))
+    except ValueError:
+        raise ApiError(400, "threshold must be a number between 0.05 and 1") from None
+    if not 0.05 <= threshold <= 1.0:
+        raise ApiError(400, "threshold must be a number between 0.05 and 1")
+    try:
+        result = explain_image(upload.read(), threshold=threshold, grid=parse_grid(request.args.get("grid")))
+    except ExplainError as exc:
+        if exc.status >= 500:  # the detail may name internal hosts: log it, do not show it
+            log.warning("explanation failed: %s", exc.message, extra={"event.action": "explain", "event.outcome": "failure"})
+            raise ApiError(503, "the model server is unavailable; retry later", {"Retry-After": "5"}) from None
+        raise ApiError(exc.status, exc.message) from None
+    log.info("explained %d detections", len(result.body["detections"]), extra={
+        "event.action": "explain", "event.outcome": "success", "model.version": result.body["model_version"],
+        "detection.count": len(result.body["detections"])})
+    if request.args.get("format") == "png":
+        return Response(result.png, mimetype="image/png")
+    body = as_json(result, include_png=request.args.get("png", "1") not in ("0", "false"))
+    body["request_id"] = g.request_id
+    return jsonify(body)

@@ -1,41 +1,131 @@
 """The gateway's clients of the internal services: one pooled, keep-alive
-connection set per process, a timeout on every call, and the request id on
-every hop (HTTP header, gRPC metadata and request field)."""
+connection set per process, a timeout on every call, a circuit breaker per
+dependency, and the request id on every hop (HTTP header, gRPC metadata and
+request field).
+
+Failure policy (docs/reliability.md):
+- every call has a connect and a read timeout (INTERNAL_TIMEOUT_S);
+- after BREAKER_FAILURES consecutive failures of a dependency its breaker opens and
+  callers get 503 + Retry-After at once, without waiting on a dead dependency;
+- at most one retry, and only when it cannot do harm: the connection was refused
+  before anything was sent, or the call is idempotent (reads, erasure, and the
+  results POST, which is keyed by its unique request id). Never after a timeout.
+"""
 from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+import time
+from typing import Any, NamedTuple
 
 import grpc
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import NewConnectionError
 
-from services.common import config
+from services.common import config, tls
+from services.common.resilience import CircuitBreaker, CircuitOpen
 from services.common.web import ApiError
 from services.proto import model_serving_pb2 as pb
 from services.proto import model_serving_pb2_grpc as pb_grpc
 
-RETRY_AFTER = {"Retry-After": "5"}
+RETRY_AFTER_S = config.env_int("RETRY_AFTER_S", 5)
+RETRY_PAUSE_S = 0.2
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
-def unavailable(what: str) -> ApiError:
-    return ApiError(503, f"{what} is unavailable; retry later", RETRY_AFTER)
+def unavailable(what: str, retry_after: str | None = None) -> ApiError:
+    return ApiError(503, f"{what} is unavailable; retry later", {"Retry-After": retry_after or str(RETRY_AFTER_S)})
+
+
+def _never_sent(error: requests.RequestException) -> bool:
+    """True when the request certainly never reached the server (refused or connect timeout)."""
+    if isinstance(error, requests.ConnectTimeout):
+        return True
+    reason = getattr(error.args[0], "reason", None) if error.args else None
+    return isinstance(reason, NewConnectionError)
 
 
 class HttpService:
     def __init__(self, name: str, base_url: str) -> None:
         self.name, self.base_url = name, base_url.rstrip("/")
+        self.breaker = CircuitBreaker(name)
         self.session = requests.Session()
-        self.session.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=32))
+        # Internal calls: no proxy or CA bundle from the environment (REQUESTS_CA_BUNDLE would
+        # silently replace TLS_CA_FILE); verification is never switched off.
+        self.session.trust_env = False
+        self.verify = tls.requests_verify()
+        # No urllib3-level retries: the one retry below is decided here, knowingly.
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
 
-    def call(self, method: str, path: str, request_id: str, **kwargs: Any) -> requests.Response:
+    def ensure_available(self) -> None:
+        """Raise the 503 now if the breaker is open, before spending work that would be
+        thrown away (e.g. an inference whose result could not be stored)."""
+        if self.breaker.state == "open":
+            raise unavailable(f"the {self.name}", str(max(1, self.breaker.retry_after())))
+
+    def call(self, method: str, path: str, request_id: str, idempotent: bool | None = None,
+             **kwargs: Any) -> requests.Response:
+        """One call, with at most one retry; 503 ApiError when the dependency is down.
+        A 5xx answer is returned to the caller (and counted as a failure)."""
         headers = {"X-Request-ID": request_id, **kwargs.pop("headers", {})}
+        idempotent = method.upper() in IDEMPOTENT_METHODS if idempotent is None else idempotent
         try:
-            return self.session.request(method, f"{self.base_url}{path}", headers=headers,
-                                        timeout=(2.0, config.INTERNAL_TIMEOUT_S), **kwargs)
-        except requests.RequestException:
-            raise unavailable(f"the {self.name}") from None
+            self.breaker.before_call()
+        except CircuitOpen as open_:
+            raise unavailable(f"the {self.name}", open_.retry_after) from None
+        for attempt in (1, 2):
+            try:
+                answer = self.session.request(method, f"{self.base_url}{path}", headers=headers, verify=self.verify,
+                                              timeout=(2.0, config.INTERNAL_TIMEOUT_S), **kwargs)
+            except requests.ConnectionError as error:
+                if attempt == 1 and not isinstance(error, requests.ReadTimeout) and (idempotent or _never_sent(error)):
+                    time.sleep(RETRY_PAUSE_S)
+                    continue
+                self.breaker.failure()
+                raise unavailable(f"the {self.name}") from None
+            except requests.RequestException:  # read timeout, or anything else: no retry
+                self.breaker.failure()
+                raise unavailable(f"the {self.name}") from None
+            except BaseException:  # a local error says nothing about the dependency
+                self.breaker.release()
+                raise
+            if answer.status_code >= 500:
+                self.breaker.failure()
+            else:
+                self.breaker.success()
+            answer.attempts = attempt  # type: ignore[attr-defined]
+            return answer
+        raise AssertionError("unreachable")
+
+
+class _Stored(NamedTuple):
+    status_code: int
+
+
+class ResultsService(HttpService):
+    """The results service. `POST /predictions` is idempotent by its unique request id,
+    so it may be retried once; a 409 for the *retry* is checked against the stored
+    record: if it is the prediction we sent, the first attempt stored it -> 201."""
+
+    def call(self, method: str, path: str, request_id: str, idempotent: bool | None = None,
+             **kwargs: Any) -> Any:
+        if not (method == "POST" and path == "/predictions" and "json" in kwargs):
+            return super().call(method, path, request_id, idempotent, **kwargs)
+        sent = kwargs["json"]
+        answer = super().call(method, path, request_id, True, **kwargs)
+        if answer.status_code == 409 and getattr(answer, "attempts", 1) > 1:
+            stored = super().call("GET", f"/predictions/{sent['request_id']}", request_id,
+                                  headers=kwargs.get("headers", {}))
+            if stored.status_code == 200 and _same_prediction(stored.json(), sent):
+                return _Stored(201)
+        return answer
+
+
+def _same_prediction(stored: dict, sent: dict) -> bool:
+    return all(stored.get(key) == sent.get(key) for key in ("request_id", "client_id", "model_version", "detections"))
 
 
 class ModelServingClient:
@@ -43,6 +133,7 @@ class ModelServingClient:
 
     def __init__(self, address: str) -> None:
         self.address = address
+        self.breaker = CircuitBreaker("model serving")
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._stub: pb_grpc.ModelServingStub | None = None
@@ -51,16 +142,26 @@ class ModelServingClient:
         with self._lock:
             if self._stub is None or self._pid != os.getpid():
                 limit = config.MAX_UPLOAD_BYTES + 64 * 1024
-                channel = grpc.insecure_channel(self.address, options=[
+                channel = tls.grpc_channel(self.address, options=[
                     ("grpc.max_send_message_length", limit),
                     ("grpc.max_receive_message_length", limit),
+                    # Reconnect within ~2 s of the adapter coming back (default backoff grows to 120 s).
+                    ("grpc.initial_reconnect_backoff_ms", 200),
+                    ("grpc.min_reconnect_backoff_ms", 200),
+                    ("grpc.max_reconnect_backoff_ms", 2000),
                 ])
                 self._stub, self._pid = pb_grpc.ModelServingStub(channel), os.getpid()
             return self._stub
 
     def predict(self, image: bytes, user_id: str, request_id: str) -> pb.PredictionResponse:
+        """No retry: the adapter fails fast when Triton is down, and a retry would only
+        double the wait; the breaker turns repeated failures into an immediate 503."""
         try:
-            return self.stub().Predict(
+            self.breaker.before_call()
+        except CircuitOpen as open_:
+            raise unavailable("the model", open_.retry_after) from None
+        try:
+            answer = self.stub().Predict(
                 pb.PredictionRequest(request_id=request_id, image_data=image, user_id=user_id),
                 timeout=config.INTERNAL_TIMEOUT_S,
                 metadata=(("x-request-id", request_id),),
@@ -68,8 +169,21 @@ class ModelServingClient:
         except grpc.RpcError as error:
             code = error.code()
             if code == grpc.StatusCode.INVALID_ARGUMENT:
+                self.breaker.success()
                 raise ApiError(400, error.details() or "the model could not read the image") from None
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message" in (error.details() or "").lower():
+                self.breaker.success()
+                raise ApiError(413, "the image is too large for the model service") from None
+            self.breaker.failure()
             raise unavailable("the model") from None
+        except BaseException:
+            self.breaker.release()
+            raise
+        self.breaker.success()
+        return answer
 
     def health(self) -> str:
-        return self.stub().HealthCheck(pb.HealthCheckRequest(), timeout=2.0).status
+        try:
+            return self.stub().HealthCheck(pb.HealthCheckRequest(), timeout=2.0).status
+        except grpc.RpcError as error:
+            raise RuntimeError(f"model serving unreachable ({error.code().name})") from None

@@ -134,6 +134,11 @@ def prepare(env: dict[str, str]) -> None:
         from gateway.auth import default_keys_file, ensure_keys_file
 
         ensure_keys_file(default_keys_file())
+    # Prometheus when installed (else one line saying so); fresh multiprocess metric files.
+    sys.path.insert(0, str(REPO_ROOT))
+    from observability.local_prometheus import prepare as prepare_prometheus
+
+    print(prepare_prometheus(env, var_dir(env)), flush=True)
 
 
 def announce(env: dict[str, str]) -> None:

@@ -139,7 +139,7 @@ def decode(
     image_wh: tf.Tensor,
     max_detections: int = 100,
     score_floor: float = 0.05,
-    iou_threshold: float = 0.5,
+    iou_threshold: float = 0.6,
     pre_nms_top_k: int = 300,
 ) -> dict[str, tf.Tensor]:
     """Network outputs -> boxes in original pixels, sorted by score, NMS applied.

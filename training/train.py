@@ -305,10 +305,11 @@ def train(args: argparse.Namespace) -> Path | None:  # noqa: PLR0915 - one reada
             flush=True,
         )
         elapsed = time.time() - loop_start
-        if epoch == 1:
-            # Plan the LR schedule to end when the budget does.
-            fit = int((budget_s - 0.0) // max(epoch_time, 1e-3))
-            planned_epochs = max(1, min(args.max_epochs, fit))
+        if epoch in (1, 2):
+            # Plan the LR schedule to end when the budget does; epoch 1 includes graph tracing,
+            # so the plan is redone with the steadier epoch 2 time.
+            fit = epoch + int((budget_s - elapsed) // max(epoch_time, 1e-3))
+            planned_epochs = max(epoch, min(args.max_epochs, fit))
             log.info("epoch takes %.0fs: planning %d epochs within %.0f min", epoch_time, planned_epochs, args.budget_minutes)
         if epoch - best["epoch"] >= args.patience and epoch >= args.min_epochs:
             stop_reason = f"early stop: no better validation AP50 for {args.patience} epochs"

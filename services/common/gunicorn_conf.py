@@ -14,7 +14,17 @@ graceful_timeout = 20
 keepalive = 75  # longer than the callers' idle pools, so reused connections are not cut mid-request
 accesslog = None  # each service writes its own ECS access line
 errorlog = "-"
+# gunicorn's own lines (boot, worker timeouts) as ECS JSON like the services' logs.
+logger_class = "services.common.logs.GunicornLogger"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "warning")
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 8190
+
+# Optional TLS (services/common/tls.py, docs/reliability.md): both files or neither.
+_tls_cert = os.environ.get("TLS_CERT_FILE", "").strip()
+_tls_key = os.environ.get("TLS_KEY_FILE", "").strip()
+if bool(_tls_cert) != bool(_tls_key):
+    raise SystemExit("configuration error: set both TLS_CERT_FILE and TLS_KEY_FILE, or neither")
+if _tls_cert:
+    certfile, keyfile = _tls_cert, _tls_key

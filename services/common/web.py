@@ -11,12 +11,13 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from services.common import config
+from services.common import config, metrics
 from services.common.images import ImageRejected
 from services.common.logs import request_id_var, setup_logging
 from services.common.pseudonym import hash_user_id
@@ -44,6 +45,8 @@ def json_error(status: int, message: str, headers: dict[str, str] | None = None)
     response = jsonify({"error": message, "request_id": g.get("request_id")})
     response.status_code = status
     response.headers.update(headers or {})
+    if "Retry-After" in (headers or {}):
+        g.retry_after = headers["Retry-After"]  # restored in _finish (flask-limiter rewrites it)
     return response
 
 
@@ -51,10 +54,31 @@ def json_body() -> dict[str, Any]:
     """The request's JSON object, or a 400 naming what is wrong with it."""
     if not request.is_json:
         raise ApiError(415, "request body must be JSON (Content-Type: application/json)")
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+        invalid_text = _has_lone_surrogate(body)
+    except RecursionError:  # hostile nesting depth; the parser's own limit, not a server fault
+        raise ApiError(400, "request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
+    if invalid_text:
+        raise ApiError(400, "request body holds invalid Unicode (a lone surrogate escape)")
     return body
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """JSON may escape lone UTF-16 surrogates (\\ud800) that no database can store."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
 
 
 def utc_now_iso() -> str:
@@ -64,13 +88,18 @@ def utc_now_iso() -> str:
 def _loggable_path() -> tuple[str, dict[str, str]]:
     """The request path as it may be logged: a user id in the URL is replaced by
     the route's placeholder and logged only as its keyed hash."""
+    if request.url_rule is None and request.path.count("/") > 2:
+        # Unmatched (404/405): the path may hold anything, e.g. a user id in a mistyped
+        # route; only its first two segments are logged.
+        return "/".join(request.path.split("/")[:3]) + "/...", {}
     user_id = (request.view_args or {}).get("user_id")
     if not user_id or request.url_rule is None:
         return request.path, {}
     return request.url_rule.rule, {"user.hash": hash_user_id(str(user_id))}
 
 
-def create_app(service_name: str, ready_checks: dict[str, Callable[[], None]] | None = None) -> Flask:
+def create_app(service_name: str, ready_checks: dict[str, Callable[[], None]] | None = None,
+               openapi: Path | None = None) -> Flask:
     """A Flask app with the shared edges. `ready_checks` name the dependencies that
     `/ready` probes; each raises when its dependency is unreachable."""
     log = setup_logging(service_name)
@@ -79,6 +108,7 @@ def create_app(service_name: str, ready_checks: dict[str, Callable[[], None]] | 
     app.config["MAX_CONTENT_LENGTH"] = config.MAX_UPLOAD_BYTES + 64 * 1024
     app.json.sort_keys = False
     checks = ready_checks or {}
+    metrics.instrument(app, service_name)  # request metrics and an authenticated /metrics
 
     @app.before_request
     def _start() -> Response | None:
@@ -95,6 +125,14 @@ def create_app(service_name: str, ready_checks: dict[str, Callable[[], None]] | 
     @app.after_request
     def _finish(response: Response) -> Response:
         response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
+        # flask-limiter (gateway) sets Retry-After on every answer from its window; a 503's
+        # own value (e.g. what is left of an open circuit) wins, and a success carries none.
+        if g.get("retry_after"):
+            response.headers["Retry-After"] = g.retry_after
+        elif response.status_code not in (429, 503):
+            response.headers.pop("Retry-After", None)
+        elif response.headers.get("Retry-After") == "0":  # a window closing within the second
+            response.headers["Retry-After"] = "1"
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
         elapsed = time.perf_counter() - g.get("start", time.perf_counter())
@@ -146,7 +184,10 @@ def create_app(service_name: str, ready_checks: dict[str, Callable[[], None]] | 
             try:
                 check()
             except Exception as exc:
-                failures[name] = str(exc) or type(exc).__name__
+                # Our own messages are safe to show; a driver's may name hosts and ports.
+                own = isinstance(exc, (ApiError, RuntimeError))
+                failures[name] = (str(exc) if own else "") or type(exc).__name__
+                log.warning("not ready: %s: %s", name, exc, extra={"event.action": "ready"})
         body = {"status": "ready" if not failures else "not ready", "service": service_name,
                 "dependencies": {name: failures.get(name, "ok") for name in checks}}
         response = jsonify(body)
@@ -155,4 +196,19 @@ def create_app(service_name: str, ready_checks: dict[str, Callable[[], None]] | 
             response.headers["Retry-After"] = "5"
         return response
 
+    if openapi is not None:
+        _serve_openapi(app, openapi)
+
     return app
+
+
+def _serve_openapi(app: Flask, path: Path) -> None:
+    """`GET /openapi.json`: the service's OpenAPI 3 document, from the YAML file next
+    to it. Documentation, so no authentication (it holds no data and no secret)."""
+    import yaml
+
+    document = yaml.safe_load(path.read_text())
+
+    @app.get("/openapi.json")
+    def openapi_document() -> Response:
+        return jsonify(document)

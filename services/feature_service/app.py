@@ -6,6 +6,8 @@ body with an image/* content type, or as the seed's JSON
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import base64
 import binascii
 import io
@@ -24,7 +26,7 @@ SERVICE_NAME = "feature-service"
 MODEL_INPUT_WIDTH = config.env_int("MODEL_INPUT_WIDTH", 512)
 MODEL_INPUT_HEIGHT = config.env_int("MODEL_INPUT_HEIGHT", 288)
 
-app = create_app(SERVICE_NAME)
+app = create_app(SERVICE_NAME, openapi=Path(__file__).with_name("openapi.yaml"))
 log = app.logger
 
 
@@ -49,7 +51,10 @@ def _uploaded_bytes() -> bytes:
 
 
 def _wants_image() -> bool:
-    return request.args.get("include_image", "true").lower() not in ("0", "false", "no")
+    value = request.args.get("include_image", "true").lower()
+    if value not in ("1", "true", "yes", "0", "false", "no"):
+        raise ApiError(400, "include_image must be true or false")
+    return value in ("1", "true", "yes")
 
 
 @app.post("/preprocess")

@@ -10,23 +10,27 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 import uuid
 from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.common import config
+from services.common import config, metrics, tls
 from services.common.images import ImageRejected, check_image
-from services.common.logs import request_id_var, setup_logging
+from services.common.logs import detection_fields, request_id_var, setup_logging
 from services.common.pseudonym import hash_user_id
 from services.model_serving.triton import ModelRejected, ModelUnavailable, TritonDetector
+from governance.model_registry import ServingGuard
 from services.proto import model_serving_pb2 as pb
 from services.proto import model_serving_pb2_grpc as pb_grpc
 
 SERVICE_NAME = "model-serving"
 FULL_SERVICE_NAME = "modelserving.ModelServing"
-CONFIDENCE_THRESHOLD = config.env_float("CONFIDENCE_THRESHOLD", 0.4)
+# Default: the operating threshold chosen on validation data for the shipped model
+# (operating_threshold in model_repository/car_detector/1/model_metadata.json).
+CONFIDENCE_THRESHOLD = config.env_float("CONFIDENCE_THRESHOLD", 0.45)
 HEALTH_PROBE_INTERVAL_S = config.env_float("HEALTH_PROBE_INTERVAL_S", 2.0)
 
 log = setup_logging(SERVICE_NAME)
@@ -38,15 +42,28 @@ def _request_id(request: pb.PredictionRequest, context: grpc.ServicerContext) ->
 
 
 class ModelServingServicer(pb_grpc.ModelServingServicer):
-    def __init__(self, detector: TritonDetector) -> None:
+    def __init__(self, detector: TritonDetector, guard: ServingGuard | None = None) -> None:
         self.detector = detector
+        # Registry check (governance/model_registry.py): a version whose files no longer
+        # match their registered hash is refused, loudly.
+        self.guard = guard or ServingGuard()
+
+    def integrity_refusal(self) -> str | None:
+        try:
+            version = self.detector.served_version()
+        except Exception:
+            return None  # Triton not answering: readiness reports that already
+        return self.guard.refusal(version)
 
     def Predict(self, request: pb.PredictionRequest, context: grpc.ServicerContext) -> pb.PredictionResponse:
         request_id = _request_id(request, context)
         token = request_id_var.set(request_id)
+        started, response = time.perf_counter(), None
         try:
-            return self._predict(request, request_id, context)
+            response = self._predict(request, request_id, context)
+            return response
         finally:
+            metrics.observe_grpc_predict(context, response, time.perf_counter() - started)
             request_id_var.reset(token)
 
     def _predict(self, request: pb.PredictionRequest, request_id: str, context: grpc.ServicerContext) -> pb.PredictionResponse:
@@ -64,6 +81,10 @@ class ModelServingServicer(pb_grpc.ModelServingServicer):
         except ModelUnavailable as exc:
             log.warning("triton unavailable: %s", exc, extra={"event.action": "predict", "event.outcome": "failure"})
             context.abort(grpc.StatusCode.UNAVAILABLE, "the model server is unavailable; retry later")
+        refusal = self.guard.refusal(inference.model_version)
+        if refusal:
+            log.error("refused: %s", refusal, extra={"event.action": "predict", "event.outcome": "failure"})
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
         log.info(
             "predicted %d detections",
             len(inference.detections),
@@ -72,7 +93,7 @@ class ModelServingServicer(pb_grpc.ModelServingServicer):
                 "event.outcome": "success",
                 "event.duration": int(inference.inference_time_ms * 1e6),
                 "model.version": inference.model_version,
-                "detection.count": len(inference.detections),
+                **detection_fields(inference.detections),
                 **user,
             },
         )
@@ -96,14 +117,19 @@ class ModelServingServicer(pb_grpc.ModelServingServicer):
     def HealthCheck(self, request: pb.HealthCheckRequest, context: grpc.ServicerContext) -> pb.HealthCheckResponse:
         if not self.detector.is_ready():
             return pb.HealthCheckResponse(status="NOT_SERVING", detail=f"model {self.detector.model_name} is not ready in Triton")
+        refusal = self.integrity_refusal()
+        if refusal:
+            return pb.HealthCheckResponse(status="NOT_SERVING", detail=refusal)
         return pb.HealthCheckResponse(status="SERVING", model_version=self.detector.served_version())
 
 
-def _follow_triton(detector: TritonDetector, health_servicer: health.HealthServicer, stop: threading.Event) -> None:
-    """Keep grpc.health.v1 in step with Triton, so probes see what users would."""
+def _follow_triton(detector: TritonDetector, health_servicer: health.HealthServicer, stop: threading.Event,
+                   servicer: ModelServingServicer | None = None) -> None:
+    """Keep grpc.health.v1 in step with Triton (and the registry check), so probes see what users would."""
     last = None
     while not stop.is_set():
-        status = health_pb2.HealthCheckResponse.SERVING if detector.is_ready() else health_pb2.HealthCheckResponse.NOT_SERVING
+        serving = detector.is_ready() and not (servicer and servicer.integrity_refusal())
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         if status != last:
             for name in ("", FULL_SERVICE_NAME):
                 health_servicer.set(name, status)
@@ -122,14 +148,21 @@ def serve() -> None:
             ("grpc.max_send_message_length", message_limit),
         ],
     )
-    pb_grpc.add_ModelServingServicer_to_server(ModelServingServicer(detector), server)
+    servicer = ModelServingServicer(detector)
+    pb_grpc.add_ModelServingServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{config.env_str('BIND_HOST', '127.0.0.1')}:{config.MODEL_SERVING_PORT}"
-    server.add_insecure_port(address)
+    credentials = tls.grpc_server_credentials()  # TLS when GRPC_TLS_CERT_FILE/KEY_FILE are set
+    if credentials is None:
+        server.add_insecure_port(address)
+    else:
+        server.add_secure_port(address, credentials)
     stop = threading.Event()
-    threading.Thread(target=_follow_triton, args=(detector, health_servicer, stop), daemon=True).start()
+    threading.Thread(target=_follow_triton, args=(detector, health_servicer, stop, servicer), daemon=True).start()
     server.start()
+    metrics_port = config.env_int("MODEL_SERVING_METRICS_PORT", 9151)
+    metrics.serve_standalone(SERVICE_NAME, metrics_port, config.env_str("BIND_HOST", "127.0.0.1"))
     log.info("listening on %s, Triton at %s", address, config.TRITON_GRPC_URL, extra={"event.action": "start"})
 
     def _shutdown(signum: int, _frame: object) -> None:

@@ -6,7 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
 from tritonclient.utils import InferenceServerException
+
+from services.common import tls
+from services.common.resilience import CircuitBreaker, CircuitOpen
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,17 @@ class Inference:
     detections: list[Detection]
     model_version: str
     inference_time_ms: float
+
+
+# One channel, reconnecting within ~2 s once Triton is back (gRPC's default backoff grows
+# to 120 s); the message limits and keepalive are tritonclient's defaults.
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
 
 
 class ModelUnavailable(Exception):
@@ -38,7 +53,9 @@ class TritonDetector:
 
     def __init__(self, url: str, model_name: str, timeout_s: float) -> None:
         self.url, self.model_name, self.timeout_s = url, model_name, timeout_s
-        self.client = grpcclient.InferenceServerClient(url=url)
+        self.client = grpcclient.InferenceServerClient(url=url, channel_args=CHANNEL_ARGS, **tls.triton_client_kwargs())
+        # Consecutive UNAVAILABLE/timeouts open it: requests then fail at once for a few seconds.
+        self.breaker = CircuitBreaker("triton")
 
     def is_ready(self) -> bool:
         try:
@@ -52,6 +69,22 @@ class TritonDetector:
         return max(metadata.versions, key=int) if metadata.versions else ""
 
     def detect(self, image: bytes, request_id: str, min_confidence: float) -> Inference:
+        try:
+            self.breaker.before_call()
+        except CircuitOpen as open_:
+            raise ModelUnavailable(str(open_)) from None
+        try:
+            inference = self._detect(image, request_id, min_confidence)
+        except ModelUnavailable:
+            self.breaker.failure()
+            raise
+        except BaseException:
+            self.breaker.success()  # Triton answered (refused the input) or a local error
+            raise
+        self.breaker.success()
+        return inference
+
+    def _detect(self, image: bytes, request_id: str, min_confidence: float) -> Inference:
         image_input = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
         image_input.set_data_from_numpy(np.array([[image]], dtype=np.object_))
         outputs = [grpcclient.InferRequestedOutput(name) for name in self.OUTPUTS]

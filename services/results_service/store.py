@@ -47,6 +47,24 @@ audit_events = sa.Table(
 )
 
 
+# Feedback and recourse (GDPR Art. 22(3) spirit, AI Act transparency): a data subject or
+# client contests a prediction. Free-text comments may hold personal data: they are
+# exported with the user's data and erased with it.
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(128), nullable=False, index=True),
+    sa.Column("user_hash", sa.String(64), nullable=False, index=True),
+    sa.Column("client_id", sa.String(64), nullable=False, server_default=""),
+    sa.Column("actor_role", sa.String(16), nullable=False),
+    sa.Column("correct", sa.Boolean, nullable=False),
+    sa.Column("reason", sa.String(500), nullable=False),
+    sa.Column("comment", sa.String(2000), nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+)
+
+
 class DuplicateRequest(Exception):
     """A prediction with this request id is already stored."""
 
@@ -125,10 +143,62 @@ class ResultsStore:
         return [_as_dict(row) for row in rows]
 
     def erase_user(self, user_hash: str) -> int:
+        return self.erase_user_data(user_hash)["predictions"]
+
+    def erase_user_data(self, user_hash: str) -> dict[str, int]:
+        """Right to erasure: every row about the user (predictions, feedback) in one
+        transaction; the journal keeps only the pseudonymous hash and counts."""
         with self.engine.begin() as connection:
             deleted = connection.execute(predictions.delete().where(predictions.c.user_hash == user_hash)).rowcount
+            erased_feedback = connection.execute(feedback.delete().where(feedback.c.user_hash == user_hash)).rowcount
         self._flush_residue()
-        return deleted
+        return {"predictions": deleted, "feedback": erased_feedback}
+
+    # -- feedback, export and retention (governance)
+    def add_feedback(self, record: dict[str, Any]) -> int:
+        record = {**record, "created_at": record.get("created_at") or datetime.now(timezone.utc)}
+        with self.engine.begin() as connection:
+            return int(connection.execute(feedback.insert().values(**record)).inserted_primary_key[0])
+
+    def feedback_for_user(self, user_hash: str, client_id: str | None = None) -> list[dict[str, Any]]:
+        query = sa.select(feedback).where(feedback.c.user_hash == user_hash)
+        if client_id is not None:
+            query = query.where(feedback.c.client_id == client_id)
+        with self.engine.connect() as connection:
+            rows = connection.execute(query.order_by(feedback.c.created_at, feedback.c.id)).all()
+        return [{**_as_dict(row), "feedback_id": row.id} for row in rows]
+
+    def audit_for_user(self, user_hash: str, actor_id: str | None = None) -> list[dict[str, Any]]:
+        """The journal entries about one data subject (who accessed their data, when, how)."""
+        query = sa.select(audit_events).where(audit_events.c.user_hash == user_hash)
+        if actor_id is not None:
+            query = query.where(audit_events.c.actor_id == actor_id)
+        with self.engine.connect() as connection:
+            rows = connection.execute(query.order_by(audit_events.c.at, audit_events.c.id)).all()
+        out = []
+        for row in rows:
+            entry = dict(row._mapping)
+            entry.pop("id", None)
+            at = entry["at"]
+            entry["at"] = (at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at).isoformat()
+            out.append(entry)
+        return out
+
+    def purge_expired(self, days: int, audit_days: int | None = None) -> dict[str, int]:
+        """Retention: delete predictions older than `days` and the feedback about them
+        (and, if `audit_days` is given, journal entries older than that)."""
+        cutoff = datetime.now(timezone.utc) - timedelta(days=days)
+        with self.engine.begin() as connection:
+            expired = sa.select(predictions.c.request_id).where(predictions.c.created_at < cutoff)
+            fb = connection.execute(feedback.delete().where(
+                sa.or_(feedback.c.request_id.in_(expired), feedback.c.created_at < cutoff))).rowcount
+            preds = connection.execute(predictions.delete().where(predictions.c.created_at < cutoff)).rowcount
+            audit = 0
+            if audit_days is not None:
+                audit_cutoff = datetime.now(timezone.utc) - timedelta(days=audit_days)
+                audit = connection.execute(audit_events.delete().where(audit_events.c.at < audit_cutoff)).rowcount
+        self._flush_residue()
+        return {"predictions": preds, "feedback": fb, "audit_events": audit}
 
     def purge_older_than(self, days: int) -> int:
         cutoff = datetime.now(timezone.utc) - timedelta(days=days)

@@ -1,0 +1,143 @@
+"""Data drift of image features against the training baseline (population stability index).
+
+The baseline is computed once from the training frames (the training split of
+training.data, the same contiguous split as training.train) with the feature
+service's own `extract_features`, and cached in `governance/baseline_features.json`:
+
+    python -m governance.drift baseline [DATA_DIR]      # (re)build the cache
+    python -m governance.drift check                    # PSI of the stored predictions' features
+
+PSI per feature over the baseline's decile bins: sum((p_prod - p_base) * ln(p_prod / p_base)),
+proportions floored at 1e-4. Reading (the usual credit-scoring convention):
+< 0.1 stable, 0.1-0.25 moderate shift, > 0.25 significant shift.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BASELINE_PATH = REPO_ROOT / "governance" / "baseline_features.json"
+NUMERIC_FEATURES = ("brightness", "contrast", "sharpness", "saturation", "colourfulness",
+                    "aspect_ratio", "width", "height", "byte_size")
+N_BINS = 10
+FLOOR = 1e-4
+STABLE, SIGNIFICANT = 0.1, 0.25
+MIN_SAMPLE = 30
+
+
+def baseline_path() -> Path:
+    return Path(os.environ.get("DRIFT_BASELINE_PATH", "").strip() or BASELINE_PATH)
+
+
+def _edges(values: np.ndarray) -> list[float]:
+    inner = np.unique(np.quantile(values, np.linspace(0, 1, N_BINS + 1)[1:-1]))
+    if len(inner) < 2:  # (nearly) constant feature: a narrow bin around the value
+        v = float(values[0]) if len(values) else 0.0
+        tiny = 1e-6 * max(1.0, abs(v))
+        inner = np.array([v - tiny, v + tiny])
+    return [float(x) for x in inner]
+
+
+def proportions(values: Iterable[float], edges: list[float]) -> list[float]:
+    values = np.asarray(list(values), dtype=np.float64)
+    bins = np.concatenate([[-np.inf], edges, [np.inf]])
+    counts, _ = np.histogram(values, bins=bins)
+    total = max(1, counts.sum())
+    return [float(c) / total for c in counts]
+
+
+def psi(expected: list[float], actual: list[float]) -> float:
+    score = 0.0
+    for p, q in zip(expected, actual):
+        p, q = max(p, FLOOR), max(q, FLOOR)
+        score += (q - p) * math.log(q / p)
+    return score
+
+
+def build_baseline(data_dir: str | Path) -> dict[str, Any]:
+    from services.common.images import check_image
+    from services.feature_service.features import extract_features
+    from training.data import load_dataset, split_contiguous
+
+    dataset = load_dataset(data_dir)
+    train, _ = split_contiguous(dataset.samples)
+    rows = []
+    for sample in train:
+        rows.append(extract_features(check_image(sample.path.read_bytes())))
+    features = {}
+    for name in NUMERIC_FEATURES:
+        values = np.array([float(r[name]) for r in rows], dtype=np.float64)
+        edges = _edges(values)
+        features[name] = {
+            "edges": edges,
+            "proportions": proportions(values, edges),
+            "mean": float(values.mean()), "std": float(values.std()),
+            "min": float(values.min()), "max": float(values.max()),
+        }
+    return {
+        "computed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": "training split (training.data.split_contiguous defaults) of the Kaggle car-object-detection frames",
+        "dataset_fingerprint": dataset.fingerprint(),
+        "images": len(rows),
+        "extractor": "services/feature_service/features.py:extract_features",
+        "formats": sorted({str(r["format"]) for r in rows}),
+        "features": features,
+    }
+
+
+def load_baseline(path: Path | None = None) -> dict[str, Any] | None:
+    path = path or baseline_path()
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def drift(baseline: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """PSI per feature of production feature rows against the baseline."""
+    per_feature = {}
+    for name, base in baseline["features"].items():
+        values = [float(r[name]) for r in rows if isinstance(r, dict) and isinstance(r.get(name), (int, float))]
+        if not values:
+            per_feature[name] = {"n": 0, "psi": None, "level": "no data"}
+            continue
+        actual = proportions(values, base["edges"])
+        score = psi(base["proportions"], actual)
+        level = "stable" if score < STABLE else "moderate" if score < SIGNIFICANT else "significant"
+        per_feature[name] = {"n": len(values), "psi": round(score, 4), "level": level,
+                             "baseline_mean": round(base["mean"], 3), "production_mean": round(float(np.mean(values)), 3)}
+    scored = [v for v in per_feature.values() if v["psi"] is not None]
+    worst = max(scored, key=lambda v: v["psi"], default=None)
+    return {"features": per_feature, "n": max((v["n"] for v in per_feature.values()), default=0),
+            "max_psi": worst["psi"] if worst else None,
+            "drifting": sorted(k for k, v in per_feature.items() if v["level"] == "significant"),
+            "enough_data": bool(scored) and min(v["n"] for v in scored) >= MIN_SAMPLE}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m governance.drift", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("baseline")
+    p.add_argument("data", nargs="?", default=os.environ.get("DATA_DIR", str(REPO_ROOT.parent / "shared" / "data" / "car-object-detection")))
+    sub.add_parser("check")
+    args = parser.parse_args(argv)
+    if args.command == "baseline":
+        baseline = build_baseline(args.data)
+        baseline_path().write_text(json.dumps(baseline, indent=2) + "\n")
+        print(f"baseline of {baseline['images']} training frames written to {baseline_path()}")
+        return 0
+    from governance.audit_report import AuditReportGenerator
+
+    report = AuditReportGenerator().generate_performance_report()
+    print(json.dumps(report["data_drift"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,522 @@
+"""Observability, for real: one request followed through every service's log, ECS JSON
+on every line, no raw user id anywhere, /metrics with histograms, and log shipping
+to a real TCP listener that keeps the service fast when Logstash is down or stalled.
+
+The shipping tests start their own feature-service gunicorn (one worker) on a spare
+port with LOGSTASH_HOST/PORT set, so the shared test stack is never reconfigured.
+The ELK/Prometheus files cannot run here; they are checked structurally at the end.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from tests.conftest import REPO_ROOT, frame, headers
+
+SERVICES = ("gateway", "feature-service", "model-serving", "results-service")
+OBS = REPO_ROOT / "observability"
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+def log_dir(stack) -> Path:
+    return stack.var_dir / "log"
+
+
+def events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(errors="replace").splitlines() if line.strip()]
+
+
+def field(event: dict, dotted: str):
+    if dotted in event:
+        return event[dotted]
+    head, _, rest = dotted.partition(".")
+    if rest and isinstance(event.get(head), dict):
+        return field(event[head], rest)
+    return None
+
+
+def wait_until(condition, timeout: float = 15.0, step: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(step)
+
+
+def metrics_token(stack) -> str:
+    return stack.env.get("METRICS_TOKEN") or (stack.var_dir / "secrets" / "metrics_token").read_text().strip()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def detect(stack, http, user_id: str, request_id: str):
+    return http.post(f"{stack.gateway}/api/detect", headers=headers("client", **{"X-Request-ID": request_id}),
+                     files={"image": ("frame.jpg", frame(), "image/jpeg")}, data={"user_id": user_id}, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def traced(stack, http):
+    """One detection with a known request id and a distinctive user id, plus the data-subject
+    calls that put the user id in URLs (access, export, erasure)."""
+    request_id = f"obs-{uuid.uuid4().hex}"
+    user_id = f"Obs.Subject-{uuid.uuid4().hex[:12]}"
+    answer = detect(stack, http, user_id, request_id)
+    assert answer.status_code == 201, answer.text
+    base = f"{stack.gateway}/api/results/predictions/user/{user_id}"
+    assert http.get(base, headers=headers("dpo"), timeout=10).status_code == 200
+    assert http.get(base, params={"download": "1"}, headers=headers("client"), timeout=10).status_code == 200
+    assert http.delete(base, headers=headers("dpo"), timeout=10).status_code == 200
+    # Mistyped routes and wrong methods: unmatched paths must not log the id either.
+    typo = f"{stack.gateway}/api/results/prediction/user/{user_id}"
+    assert http.get(typo, headers=headers("dpo"), timeout=10).status_code == 404
+    assert http.put(base, headers=headers("dpo"), timeout=10).status_code == 405
+    assert http.get(f"{stack.url('RESULTS_PORT')}/predictions/usr/{user_id}", timeout=10).status_code == 404
+    return {"request_id": request_id, "user_id": user_id, "answer": answer.json()}
+
+
+# --- one request across every service ---------------------------------------------------------------
+
+def test_request_id_appears_in_every_services_log(stack, traced):
+    request_id = traced["request_id"]
+
+    def hops() -> dict[str, list[dict]]:
+        found = {}
+        for service in SERVICES:
+            path = log_dir(stack) / f"{service}.jsonl"
+            if path.exists():
+                found[service] = [e for e in events(path) if field(e, "trace.id") == request_id]
+        return found
+
+    found = wait_until(lambda: (lambda f: f if all(f.get(s) for s in SERVICES) else None)(hops())) or hops()
+    assert all(found.get(s) for s in SERVICES), {s: len(found.get(s, [])) for s in SERVICES}
+    for service in SERVICES:
+        assert all(field(e, "service.name") == service for e in found[service])
+
+    gateway = [e for e in found["gateway"] if field(e, "event.action") == "detect"]
+    assert gateway and field(gateway[0], "model.version") == traced["answer"]["model_version"]
+    assert field(gateway[0], "detection.count") == len(traced["answer"]["detections"])
+    assert isinstance(field(gateway[0], "image.brightness"), float)
+    access = [e for e in found["gateway"] if field(e, "event.action") == "http.request"]
+    assert access and field(access[0], "http.response.status_code") == 201
+    assert field(access[0], "event.outcome") == "success" and field(access[0], "event.duration") > 0
+    predict = [e for e in found["model-serving"] if field(e, "event.action") == "predict"]
+    assert predict and field(predict[0], "detection.classes") and field(predict[0], "model.version")
+    assert field(predict[0], "user.hash")
+
+    # Triton's python backend logs the request ids of every batch it runs (LOG_BATCHES).
+    triton_log = log_dir(stack) / "triton.log"
+    assert wait_until(lambda: request_id in triton_log.read_text(errors="replace")), "request id not in triton.log"
+
+    # make trace ID=...: the path across services, in time order, with durations.
+    traced_out = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "trace.py"), request_id],
+                                env={**os.environ, "VAR_DIR": str(stack.var_dir)}, capture_output=True, text=True)
+    assert traced_out.returncode == 0, traced_out.stderr
+    for service in (*SERVICES, "triton"):
+        assert service in traced_out.stdout, traced_out.stdout
+    assert "per hop" in traced_out.stdout
+    missing = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "trace.py"), "no-such-request-id"],
+                             env={**os.environ, "VAR_DIR": str(stack.var_dir)}, capture_output=True, text=True)
+    assert missing.returncode == 1
+
+
+def test_every_jsonl_line_is_ecs_json(stack, traced):
+    files = sorted(log_dir(stack).glob("*.jsonl"))
+    assert {f.stem for f in files} >= set(SERVICES)
+    for path in files:
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                pytest.fail(f"{path.name}:{number} is not JSON: {line[:200]}")
+            for name in ("@timestamp", "log.level", "ecs.version", "service.name", "message"):
+                assert field(event, name) is not None, f"{path.name}:{number} lacks {name}: {line[:300]}"
+            assert field(event, "service.name") == path.stem, f"{path.name}:{number}"
+
+
+def test_no_raw_user_id_in_any_log_but_its_hash(stack, traced):
+    user_id = traced["user_id"]
+    checked = 0
+    for path in sorted(log_dir(stack).rglob("*")):
+        if path.is_file():
+            text = path.read_text(errors="replace")
+            assert user_id not in text and user_id.lower() not in text.lower(), f"raw user id in {path}"
+            checked += 1
+    assert checked >= len(SERVICES)
+    expected = hmac.new(stack.env["PSEUDONYM_KEY"].encode(), user_id.encode(), hashlib.sha256).hexdigest()
+    gateway = events(log_dir(stack) / "gateway.jsonl")
+    assert any(field(e, "user.hash") == expected for e in gateway), "the user's keyed hash is not logged"
+    results = events(log_dir(stack) / "results-service.jsonl")
+    assert any(field(e, "event.action") == "erasure" and field(e, "user.hash") == expected for e in results)
+    # The URL held the raw id: its access line carries the route template and the hash instead.
+    access = [e for e in results if field(e, "event.action") == "http.request" and field(e, "user.hash") == expected]
+    assert access and all(field(e, "url.path") == "/predictions/user/<path:user_id>" for e in access)
+
+
+# --- metrics -----------------------------------------------------------------------------------------
+
+def test_metrics_need_the_token_and_expose_histograms(stack, http, traced):
+    token = {"Authorization": f"Bearer {metrics_token(stack)}"}
+    for port in ("GATEWAY_PORT", "FEATURE_PORT", "RESULTS_PORT"):
+        refused = http.get(stack.url(port, "/metrics"), timeout=5)
+        assert refused.status_code == 401 and refused.json()["error"]
+        assert http.get(stack.url(port, "/metrics"), headers={"Authorization": "Bearer wrong"},
+                        timeout=5).status_code == 401
+    gateway = http.get(stack.url("GATEWAY_PORT", "/metrics"), headers=token, timeout=5)
+    assert gateway.status_code == 200 and gateway.headers["Content-Type"].startswith("text/plain")
+    text = gateway.text
+    assert re.search(r'http_request_duration_seconds_bucket\{[^}]*route="/api/detect"', text)
+    assert re.search(r'http_requests_total\{[^}]*route="/api/detect"[^}]*status="201"', text)
+    for feature in ("brightness", "contrast", "sharpness", "saturation", "width_pixels", "height_pixels"):
+        assert re.search(rf"^image_{feature}_bucket\{{", text, re.M), feature
+    # Route templates only: a user id in a URL never becomes a label.
+    assert traced["user_id"] not in text and "/predictions/user/<path:user_id>" in text
+    for port in ("FEATURE_PORT", "RESULTS_PORT"):
+        body = http.get(stack.url(port, "/metrics"), headers=token, timeout=5).text
+        assert "http_request_duration_seconds_bucket" in body
+
+    adapter_port = stack.env.get("MODEL_SERVING_METRICS_PORT", "9151")
+    assert http.get(f"http://127.0.0.1:{adapter_port}/metrics", timeout=5).status_code == 401
+    adapter = http.get(f"http://127.0.0.1:{adapter_port}/metrics", headers=token, timeout=5)
+    assert adapter.status_code == 200, adapter.text
+    assert re.search(r'model_detections_total\{class_name="car"', adapter.text)
+    assert "model_detection_confidence_bucket" in adapter.text
+    assert re.search(r'model_predict_duration_seconds_bucket\{code="OK"', adapter.text)
+
+    triton = http.get(stack.url("TRITON_METRICS_PORT", "/metrics"), timeout=5)
+    assert triton.status_code == 200 and "nv_inference_queue_duration_us" in triton.text
+
+
+# --- shipping to Logstash, from a separate service process ---------------------------------------------
+
+class Listener:
+    """A TCP listener standing in for Logstash's tcp/json_lines input; `read=False` accepts
+    connections and never reads them (a stalled Logstash)."""
+
+    def __init__(self, read: bool = True) -> None:
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if not read:
+            self.server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(16)
+        self.port = self.server.getsockname()[1]
+        self.read, self.data, self.connections = read, bytearray(), []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections.append(connection)
+            if self.read:
+                threading.Thread(target=self._read, args=(connection,), daemon=True).start()
+
+    def _read(self, connection: socket.socket) -> None:
+        while chunk := self._recv(connection):
+            self.data.extend(chunk)
+
+    @staticmethod
+    def _recv(connection: socket.socket) -> bytes:
+        try:
+            return connection.recv(65536)
+        except OSError:
+            return b""
+
+    def close(self) -> None:
+        for connection in self.connections:
+            connection.close()
+        self.server.close()
+
+
+class ShippingService:
+    """A feature-service gunicorn of its own (1 worker), logging to `logstash_port`."""
+
+    def __init__(self, tmp: Path, logstash_port: int, **env: str) -> None:
+        self.port = free_port()
+        self.stdout = tmp / "feature-service.jsonl"
+        self.stderr = tmp / "feature-service.stderr.log"
+        environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "VAR_DIR": str(tmp / "var"),
+                       "PYTHONUNBUFFERED": "1", "GUNICORN_WORKERS": "1", "GUNICORN_THREADS": "4",
+                       "LOGSTASH_HOST": "127.0.0.1", "LOGSTASH_PORT": str(logstash_port),
+                       "PSEUDONYM_KEY": "shipping-test-key", **env}
+        self.process = subprocess.Popen(
+            [str(REPO_ROOT / ".venv" / "bin" / "gunicorn"), "-c", "services/common/gunicorn_conf.py",
+             "--logger-class", "services.common.logs.GunicornLogger",
+             "-b", f"127.0.0.1:{self.port}", "services.feature_service.app:app"],
+            cwd=REPO_ROOT, env=environment, stdout=self.stdout.open("wb"), stderr=self.stderr.open("wb"))
+        self.url = f"http://127.0.0.1:{self.port}"
+        ok = wait_until(lambda: self._healthy(), timeout=60, step=0.5)
+        if not ok:
+            self.stop()
+            pytest.fail(f"shipping test service did not start:\n{self.stderr.read_text()[-2000:]}")
+
+    def _healthy(self) -> bool:
+        if self.process.poll() is not None:
+            return False
+        try:
+            return requests.get(f"{self.url}/health", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def preprocess(self, request_id: str, path_padding: str = "") -> float:
+        started = time.perf_counter()
+        answer = requests.post(f"{self.url}/preprocess{path_padding}?include_image=false", data=frame(),
+                               headers={"Content-Type": "image/jpeg", "X-Request-ID": request_id}, timeout=10)
+        elapsed = time.perf_counter() - started
+        assert answer.status_code in (200, 404), answer.text
+        return elapsed
+
+    def notices(self, text: str) -> list[dict]:
+        return [e for e in events(self.stdout) if text in str(e.get("message", ""))]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+@pytest.fixture
+def tmp_service_dir(tmp_path: Path) -> Path:
+    yield tmp_path
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_events_reach_a_tcp_listener_as_json_lines(tmp_service_dir):
+    listener = Listener()
+    service = ShippingService(tmp_service_dir, listener.port)
+    try:
+        ids = [f"ship-{uuid.uuid4().hex}" for _ in range(5)]
+        for request_id in ids:
+            service.preprocess(request_id)
+
+        def shipped() -> list[dict]:
+            raw = bytes(listener.data)
+            return [json.loads(line) for line in raw.split(b"\n")[:-1] if line.strip()]
+
+        assert wait_until(lambda: {field(e, "trace.id") for e in shipped()} >= set(ids), timeout=15)
+        assert bytes(listener.data).endswith(b"\n")
+        for event in shipped():
+            assert field(event, "service.name") == "feature-service"
+            assert event["@timestamp"] and field(event, "log.level") and field(event, "ecs.version")
+        access = [e for e in shipped() if field(e, "trace.id") == ids[0]]
+        assert field(access[0], "event.action") == "http.request" and field(access[0], "event.duration") > 0
+        assert not service.notices("unavailable")
+    finally:
+        service.stop()
+        listener.close()
+
+
+def _latencies(service: ShippingService, count: int, padding: str = "") -> list[float]:
+    return [service.preprocess(f"lat-{uuid.uuid4().hex}", padding) for _ in range(count)]
+
+
+def test_service_stays_fast_when_logstash_refuses_connections(tmp_service_dir):
+    service = ShippingService(tmp_service_dir, free_port(), LOGSTASH_QUEUE_SIZE="50")  # nobody listens there
+    try:
+        latencies = _latencies(service, 120)
+        assert max(latencies) < 1.0, max(latencies)
+        assert statistics.median(latencies) < 0.25, statistics.median(latencies)
+        assert wait_until(lambda: service.notices("unavailable"), timeout=10)
+        _latencies(service, 10)
+        assert len(service.notices("is unavailable")) == 1, service.notices("unavailable")
+        assert len(service.notices("queue full")) == 1
+    finally:
+        service.stop()
+
+
+def test_service_stays_fast_when_logstash_accepts_but_never_reads(tmp_service_dir):
+    listener = Listener(read=False)
+    service = ShippingService(tmp_service_dir, listener.port, LOGSTASH_QUEUE_SIZE="100",
+                              LOGSTASH_SEND_TIMEOUT_S="1")
+    try:
+        padding = "/" + "x" * 7000  # a 404 whose path makes each access event ~7 kB
+        latencies = _latencies(service, 40) + _latencies(service, 600, padding) + _latencies(service, 40)
+        assert max(latencies) < 1.0, max(latencies)
+        assert statistics.median(latencies) < 0.25, statistics.median(latencies)
+        assert wait_until(lambda: service.notices("unavailable"), timeout=15), "the stall was never noticed"
+        assert len(service.notices("is unavailable")) == 1
+    finally:
+        service.stop()
+        listener.close()
+
+
+# --- ELK and Prometheus files (cannot run here: checked for structure) -----------------------------------
+
+def _strip_strings_and_comments(text: str) -> str:
+    out, quote, index = [], None, 0
+    while index < len(text):
+        char = text[index]
+        if quote:
+            if char == "\\":
+                index += 2
+                continue
+            if char == quote:
+                quote = None
+        elif char in "\"'":
+            quote = char
+        elif char == "#":
+            while index < len(text) and text[index] != "\n":
+                index += 1
+            continue
+        else:
+            out.append(char)
+        index += 1
+    assert quote is None, "unterminated string in logstash.conf"
+    return "".join(out)
+
+
+def test_logstash_pipeline_structure():
+    text = (OBS / "logstash" / "pipeline" / "logstash.conf").read_text()
+    code = _strip_strings_and_comments(text)
+    depth = 0
+    for char in code:
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        assert depth >= 0, "unbalanced braces in logstash.conf"
+    assert depth == 0, "unbalanced braces in logstash.conf"
+    for section in ("input", "filter", "output"):
+        assert re.search(rf"^{section}\s*\{{", text, re.M), section
+    assert re.search(r"tcp\s*\{[^}]*port\s*=>\s*5000", text, re.S)
+    assert re.search(r"codec\s*=>\s*json_lines", text)
+    fingerprints = re.findall(r"fingerprint\s*\{(.*?)\n\s*\}", text, re.S)
+    assert len(fingerprints) >= 2
+    for block in fingerprints:
+        assert re.search(r'method\s*=>\s*"SHA256"', block) and re.search(r'key\s*=>\s*"\$\{PSEUDONYM_KEY\}"', block)
+        assert re.search(r'target\s*=>\s*"\[user\]\[hash\]"', block)
+    assert re.search(r'remove_field\s*=>\s*\["user_id"\]', text)
+    assert re.search(r'remove_field\s*=>\s*\["\[user\]\[id\]"\]', text)
+    assert re.search(r'data_stream\s*=>\s*"true"', text)
+    assert re.search(r'data_stream_type\s*=>\s*"logs"', text)
+    assert re.search(r'data_stream_dataset\s*=>\s*"car_detection"', text)
+    settings = yaml.safe_load((OBS / "logstash" / "config" / "logstash.yml").read_text())
+    assert settings["pipeline.ecs_compatibility"] == "v8" and settings["api.http.port"] == 9600
+
+
+def test_index_template_and_ilm_policy():
+    template = json.loads((OBS / "elasticsearch" / "index-template.json").read_text())
+    policy = json.loads((OBS / "elasticsearch" / "ilm-policy.json").read_text())
+    assert "data_stream" in template and any(
+        re.fullmatch(p.replace("*", ".*"), "logs-car_detection-default") for p in template["index_patterns"])
+    assert template["priority"] > 100  # above Elasticsearch's built-in logs-*-* template
+    settings = template["template"]["settings"]
+    setup = (OBS / "kibana" / "setup.sh").read_text()
+    assert f"_ilm/policy/{settings['index.lifecycle.name']}" in setup
+    assert "_index_template/" in setup and "_import?overwrite=true" in setup
+
+    properties = template["template"]["mappings"]["properties"]
+
+    def mapping(dotted: str) -> dict:
+        node = {"properties": properties}
+        for part in dotted.split("."):
+            node = node["properties"][part]
+        return node
+
+    expected = {"@timestamp": "date", "service.name": "keyword", "log.level": "keyword", "ecs.version": "keyword",
+                "event.action": "keyword", "event.duration": "long", "event.outcome": "keyword",
+                "http.request.method": "keyword", "http.response.status_code": "long", "trace.id": "keyword",
+                "user.hash": "keyword", "model.version": "keyword", "detection.count": "integer",
+                "detection.classes": "keyword", "detection.confidences": "float", "image.brightness": "float",
+                "image.width": "integer", "image.height": "integer", "image.sharpness": "float"}
+    for name, kind in expected.items():
+        assert mapping(name)["type"] == kind, name
+    assert "id" not in mapping("user")["properties"], "user.id must never be mapped: it is never stored"
+
+    phases = policy["policy"]["phases"]
+    assert "rollover" in phases["hot"]["actions"]
+    assert "delete" in phases["delete"]["actions"] and re.fullmatch(r"\d+d", phases["delete"]["min_age"])
+
+
+def test_kibana_saved_objects():
+    lines = (OBS / "kibana" / "dashboard.ndjson").read_text().splitlines()
+    objects = [json.loads(line) for line in lines]  # every line must be one JSON object
+    assert all(isinstance(o, dict) and {"id", "type", "attributes", "references"} <= o.keys() for o in objects)
+    by_id = {(o["type"], o["id"]) for o in objects}
+    assert len(by_id) == len(objects), "duplicate saved object ids"
+    data_views = [o for o in objects if o["type"] == "index-pattern"]
+    assert data_views and data_views[0]["attributes"]["title"] == "logs-car_detection-*"
+    assert data_views[0]["attributes"]["timeFieldName"] == "@timestamp"
+    for obj in objects:
+        for reference in obj["references"]:
+            assert (reference["type"], reference["id"]) in by_id, (obj["id"], reference)
+    template = json.loads((OBS / "elasticsearch" / "index-template.json").read_text())
+
+    def mapped(dotted: str) -> bool:
+        node = {"properties": template["template"]["mappings"]["properties"]}
+        for part in dotted.split("."):
+            node = node.get("properties", {}).get(part)
+            if node is None:
+                return False
+        return True
+
+    titles = []
+    for vis in (o for o in objects if o["type"] == "visualization"):
+        state = json.loads(vis["attributes"]["visState"])
+        json.loads(vis["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])
+        titles.append(state["title"].lower())
+        for agg in state.get("aggs", []):
+            if "field" in agg.get("params", {}):
+                assert mapped(agg["params"]["field"]), (vis["id"], agg["params"]["field"])
+        for series in state.get("params", {}).get("series", []):
+            if series.get("terms_field"):
+                assert mapped(series["terms_field"])
+    for topic in ("requests per minute", "error rate", "latency percentiles", "detections per class",
+                  "confidence", "model versions", "drift"):
+        assert any(topic in title for title in titles), topic
+    dashboards = [o for o in objects if o["type"] == "dashboard"]
+    assert len(dashboards) == 1
+    panels = json.loads(dashboards[0]["attributes"]["panelsJSON"])
+    names = {r["name"] for r in dashboards[0]["references"]}
+    assert len(panels) >= 8
+    for panel in panels:
+        assert f"{panel['panelIndex']}:{panel['panelRefName']}" in names
+
+
+def test_prometheus_config_and_alerts():
+    config = yaml.safe_load((OBS / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    for job in ("gateway", "feature-service", "results-service", "model-serving", "triton"):
+        assert job in jobs, job
+    for job in ("gateway", "feature-service", "results-service", "model-serving"):
+        assert jobs[job]["authorization"]["type"] == "Bearer", job
+    assert jobs["triton"]["static_configs"][0]["targets"] == ["triton:8002"]
+    rules = yaml.safe_load((OBS / "prometheus" / "alerts.yml").read_text())
+    alerts = {rule["alert"]: rule for group in rules["groups"] for rule in group["rules"]}
+    assert "up" in alerts["ServiceDown"]["expr"]
+    assert "http_requests_total" in alerts["HighErrorRate"]["expr"]
+    assert "histogram_quantile(0.95" in alerts["DetectLatencyP95High"]["expr"]
+    assert "nv_inference_queue_duration_us" in alerts["TritonQueueTimeHigh"]["expr"]
+    assert any("Drift" in name for name in alerts)
+    promtool = os.environ.get("PROMTOOL") or shutil.which("promtool")
+    if promtool:
+        for command in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts.test.yml"]):
+            checked = subprocess.run([promtool, *command], cwd=OBS / "prometheus", capture_output=True, text=True)
+            assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -1,0 +1,450 @@
+"""Reliability as tested properties: failing dependencies cost a bounded wait and give
+a clear 503 + Retry-After, the system recovers by itself, and no acknowledged result
+is ever lost (every 201 has its row), even when services restart under load.
+
+Faults are injected into the session stack with supervisorctl; every test restores
+the service in a `finally` and waits until the stack is healthy again. Figures (for
+docs/reliability.md) are printed and written to var/reliability/figures.json.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import socket
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import grpc
+import psycopg2
+import pytest
+import requests
+
+from services.common.resilience import CircuitBreaker, CircuitOpen
+from services.proto import model_serving_pb2 as pb
+from services.proto import model_serving_pb2_grpc as pb_grpc
+from tests.conftest import REPO_ROOT, frame, headers
+from tests.images import png_bomb
+
+_spec = importlib.util.spec_from_file_location("stack_script", REPO_ROOT / "scripts" / "stack.py")
+STACK = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(STACK)  # type: ignore[union-attr]
+
+FIGURES = REPO_ROOT / "var" / "reliability" / "figures.json"
+INTERNAL_MARKERS = ("Traceback", 'File "', "127.0.0.1", "localhost", "postgresql", "psycopg2", "sqlalchemy",
+                    "ipv4:", "Connection refused")
+TIMEOUT_S = 10.0  # INTERNAL_TIMEOUT_S: the longest any answer may take when a dependency is down
+
+
+def record_figures(name: str, figures: dict) -> None:
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
+    existing = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
+    existing[name] = {**figures, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    FIGURES.write_text(json.dumps(existing, indent=2, sort_keys=True))
+    print(f"\n{name}: {json.dumps(figures)}")
+
+
+# --------------------------------------------------------------------------- circuit breaker and client policy (no stack)
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_after_consecutive_failures_and_half_opens_once():
+    clock = FakeClock()
+    breaker = CircuitBreaker("dep", failures=3, reset_after_s=5.0, clock=clock)
+    for _ in range(2):
+        breaker.before_call()
+        breaker.failure()
+    breaker.before_call()
+    breaker.success()  # a success resets the count
+    for _ in range(3):
+        breaker.before_call()
+        breaker.failure()
+    assert breaker.state == "open"
+    with pytest.raises(CircuitOpen) as refused:
+        breaker.before_call()
+    assert refused.value.retry_after == "5"
+    clock.now += 3.2
+    with pytest.raises(CircuitOpen) as refused:
+        breaker.before_call()
+    assert refused.value.retry_after == "2"  # what is left, rounded up
+    clock.now += 2.0
+    assert breaker.state == "half-open"
+    breaker.before_call()  # the one trial call
+    with pytest.raises(CircuitOpen):
+        breaker.before_call()  # no second call while the trial runs
+    breaker.failure()  # the trial failed: open again for a full period
+    assert breaker.state == "open"
+    clock.now += 5.0
+    breaker.before_call()
+    breaker.success()
+    assert breaker.state == "closed"
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_client_fails_fast_once_the_breaker_is_open():
+    from gateway.clients import HttpService
+    from services.common.web import ApiError
+
+    service = HttpService("dead service", f"http://127.0.0.1:{_closed_port()}")
+    for _ in range(service.breaker.threshold):
+        with pytest.raises(ApiError) as failed:
+            service.call("GET", "/x", "rid")
+        assert failed.value.status == 503 and failed.value.headers["Retry-After"]
+    started = time.perf_counter()
+    with pytest.raises(ApiError) as fast:
+        service.call("POST", "/x", "rid", json={})
+    assert time.perf_counter() - started < 0.01  # nothing was attempted
+    assert fast.value.status == 503 and 1 <= int(fast.value.headers["Retry-After"]) <= 5
+
+
+class _FlakyResults(BaseHTTPRequestHandler):
+    """Stores the first POST, then drops the connection without answering (as a crash
+    between commit and reply would); answers later POSTs with 409 like the real service."""
+    stored: dict[str, dict] = {}
+    posts = 0
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _reply(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).posts += 1
+        if body["request_id"] in self.stored:
+            self._reply(409, {"error": "already stored"})
+            return
+        self.stored[body["request_id"]] = body
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)
+
+    def do_GET(self) -> None:
+        record = self.stored.get(self.path.rsplit("/", 1)[-1])
+        self._reply(200, record) if record else self._reply(404, {"error": "no"})
+
+
+def test_a_lost_reply_to_a_stored_prediction_is_retried_and_recognised():
+    """POST /predictions is idempotent by request id: when the reply is lost the gateway
+    retries once; the 409 it then gets is checked against the stored record, so the
+    client is told 201 exactly when its prediction is stored, never twice stored."""
+    from gateway.clients import ResultsService
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FlakyResults)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        service = ResultsService("results service", f"http://127.0.0.1:{server.server_address[1]}")
+        record = {"request_id": "lost-reply-1", "client_id": "c1", "model_version": "1", "detections": []}
+        assert service.call("POST", "/predictions", "lost-reply-1", json=record).status_code == 201
+        assert _FlakyResults.posts == 2 and list(_FlakyResults.stored) == ["lost-reply-1"]
+        # a genuinely reused request id (another prediction) stays a 409
+        other = {**record, "request_id": "lost-reply-2"}
+        _FlakyResults.stored["lost-reply-2"] = {**other, "client_id": "someone else"}
+        assert service.call("POST", "/predictions", "lost-reply-2", json=other).status_code == 409
+    finally:
+        server.shutdown()
+
+
+# --------------------------------------------------------------------------- helpers on the stack
+
+def ctl_env(stack) -> dict[str, str]:
+    env = dict(stack.env)
+    for name, value in STACK.DEFAULTS.items():
+        env.setdefault(name, value)
+    env["REPO_ROOT"] = str(REPO_ROOT)
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    return env
+
+
+def ctl(stack, *args: str) -> str:
+    done = STACK.supervisorctl(ctl_env(stack), *args)
+    return done.stdout + done.stderr
+
+
+def wait_stack_healthy(stack, timeout_s: float = 240.0) -> None:
+    env = ctl_env(stack)
+    deadline = time.monotonic() + timeout_s
+    for name, probe in STACK.health_checks(env).items():
+        while not probe():
+            if time.monotonic() > deadline:
+                pytest.fail(f"{name} did not become healthy again:\n{STACK.log_tail(env, name)}")
+            time.sleep(0.5)
+
+
+@contextmanager
+def stopped(stack, program: str) -> Iterator[None]:
+    """`program` stopped for the duration of the block; always restarted and healthy after."""
+    output = ctl(stack, "stop", program)
+    assert "stopped" in output or "not running" in output, output
+    try:
+        yield
+    finally:
+        ctl(stack, "start", program)
+        wait_stack_healthy(stack)
+
+
+def detect(stack, user: str, request_id: str, timeout: float = 60.0, session: requests.Session | None = None):
+    return (session or requests).post(
+        f"{stack.gateway}/api/detect", headers=headers("client", **{"X-Request-ID": request_id}),
+        files={"image": ("frame.jpg", frame(), "image/jpeg")}, data={"user_id": user}, timeout=timeout)
+
+
+def stored_ids(stack, request_ids: list[str]) -> set[str]:
+    if not request_ids:
+        return set()
+    with psycopg2.connect(stack.env["DATABASE_URL"]) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT request_id FROM predictions WHERE request_id = ANY(%s)", (list(request_ids),))
+        return {row[0] for row in cursor.fetchall()}
+
+
+def assert_clean_503(answer: requests.Response) -> None:
+    assert answer.status_code == 503, (answer.status_code, answer.text[:300])
+    assert int(answer.headers["Retry-After"]) >= 1
+    body = answer.json()
+    assert body["error"] and body["request_id"] == answer.headers["X-Request-ID"]
+    for marker in INTERNAL_MARKERS:
+        assert marker not in answer.text, (marker, answer.text)
+
+
+@dataclass
+class Outcome:
+    request_id: str
+    status: int | str  # HTTP status, or the connection error's name
+    elapsed_s: float
+    retry_after: str | None = None
+
+
+@dataclass
+class Load:
+    """N clients sending detects in a loop until stopped, each with its own request ids."""
+    stack: object
+    users: int
+    prefix: str = field(default_factory=lambda: f"load-{uuid.uuid4().hex[:8]}")
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(self.users)]
+
+    @property
+    def user_id(self) -> str:
+        return f"{self.prefix}-subject"
+
+    def _run(self, index: int) -> None:
+        session, n = requests.Session(), 0
+        while not self._stop.is_set():
+            n += 1
+            request_id = f"{self.prefix}-{index}-{n}"
+            started = time.perf_counter()
+            try:
+                answer = detect(self.stack, self.user_id, request_id, session=session)
+                outcome = Outcome(request_id, answer.status_code, time.perf_counter() - started,
+                                  answer.headers.get("Retry-After"))
+                if answer.status_code >= 500:
+                    assert_clean_503(answer)
+                    time.sleep(0.2)  # a client backs off a little (not the whole Retry-After: keep probing)
+            except requests.RequestException as error:
+                outcome = Outcome(request_id, type(error).__name__, time.perf_counter() - started)
+                session = requests.Session()
+                time.sleep(0.2)  # a refused connection is instant: do not spin
+            except AssertionError as error:
+                outcome = Outcome(request_id, f"bad 5xx: {error}", time.perf_counter() - started)
+            with self._lock:
+                self.outcomes.append(outcome)
+
+    def __enter__(self) -> "Load":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(90)
+
+    def count(self, status: int | str) -> int:
+        return sum(1 for o in self.outcomes if o.status == status)
+
+    def acknowledged(self) -> list[str]:
+        return [o.request_id for o in self.outcomes if o.status == 201]
+
+    def summary(self) -> dict:
+        statuses: dict[str, int] = {}
+        for outcome in self.outcomes:
+            statuses[str(outcome.status)] = statuses.get(str(outcome.status), 0) + 1
+        return {"sent": len(self.outcomes), "statuses": statuses}
+
+
+def wait_for(predicate, timeout_s: float, interval_s: float = 0.5) -> float | None:
+    """Seconds until predicate() held, or None."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        try:
+            if predicate():
+                return time.monotonic() - started
+        except Exception:
+            pass
+        time.sleep(interval_s)
+    return None
+
+
+# --------------------------------------------------------------------------- the gRPC adapter's limits
+
+def test_adapter_refuses_oversize_messages_and_bad_images_as_client_errors(stack):
+    with grpc.insecure_channel(stack.adapter, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]) as channel:
+        stub = pb_grpc.ModelServingStub(channel)
+        with pytest.raises(grpc.RpcError) as oversize:
+            stub.Predict(pb.PredictionRequest(request_id="too-big", image_data=b"\0" * (11 * 1024 * 1024)), timeout=30)
+        assert oversize.value.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT)
+        bad = {"empty": b"", "text": b"hello", "truncated-jpeg": frame()[:5000], "png-bomb": png_bomb(),
+               "just-above-upload-limit": frame() + b"\0" * (10 * 1024 * 1024 + 1 - len(frame()))}
+        for name, data in bad.items():
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Predict(pb.PredictionRequest(request_id=f"bad-{name}", image_data=data, user_id="u"), timeout=30)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, refused.value.code())
+            assert refused.value.details(), name
+        # and it still serves afterwards
+        assert stub.Predict(pb.PredictionRequest(request_id="after-bad", image_data=frame()), timeout=30).detections
+
+
+# --------------------------------------------------------------------------- failing dependencies
+
+def test_triton_down_during_a_load_gives_fast_503_and_recovers_by_itself(stack):
+    adapter_pid = ctl(stack, "pid", "model-serving").strip()
+    probes: list[Outcome] = []
+    recovery_s = None
+    with Load(stack, users=3) as load:
+        time.sleep(3)
+        try:
+            assert ctl(stack, "stop", "triton").strip().endswith("stopped")
+            stopped_at = time.monotonic()
+            for i in range(8):  # sequential probes while Triton is down
+                request_id = f"{load.prefix}-probe-{i}"
+                started = time.perf_counter()
+                answer = detect(stack, load.user_id, request_id, timeout=TIMEOUT_S + 5)
+                probes.append(Outcome(request_id, answer.status_code, time.perf_counter() - started,
+                                      answer.headers.get("Retry-After")))
+                assert_clean_503(answer)
+                time.sleep(0.5)
+            outage_s = time.monotonic() - stopped_at
+        finally:
+            ctl(stack, "start", "triton")
+        triton_ready = STACK.health_checks(ctl_env(stack))["triton"]
+        triton_back_s = wait_for(triton_ready, 240)
+        assert triton_back_s is not None, "Triton did not come back"
+        # the gateway recovers without any restart: the adapter's channel reconnects
+        recovery_s = wait_for(lambda: detect(stack, load.user_id, f"{load.prefix}-r-{uuid.uuid4().hex[:6]}",
+                                             timeout=30).status_code == 201, 60)
+        time.sleep(2)
+    wait_stack_healthy(stack)
+    assert recovery_s is not None, "the gateway did not recover after Triton came back"
+    assert ctl(stack, "pid", "model-serving").strip() == adapter_pid, "the adapter had to be restarted"
+    bad = [o for o in load.outcomes if o.status not in (201, 503)]
+    assert not bad, bad[:5]
+    slowest_503 = max(o.elapsed_s for o in load.outcomes + probes if o.status == 503)
+    assert slowest_503 < TIMEOUT_S, slowest_503
+    assert all(o.retry_after for o in load.outcomes + probes if o.status == 503)
+    acknowledged = load.acknowledged()
+    assert stored_ids(stack, acknowledged) == set(acknowledged)
+    record_figures("triton_down", {
+        **load.summary(), "outage_s": round(outage_s, 1),
+        "probe_latency_ms": [round(o.elapsed_s * 1000, 1) for o in probes],
+        "max_503_latency_ms": round(slowest_503 * 1000, 1),
+        "median_503_latency_ms": round(statistics.median(o.elapsed_s for o in load.outcomes + probes
+                                                          if o.status == 503) * 1000, 1),
+        "retry_after_values": sorted({o.retry_after for o in load.outcomes + probes if o.retry_after}),
+        "triton_restart_s": round(triton_back_s, 1), "first_201_after_triton_ready_s": round(recovery_s, 1),
+        "acknowledged": len(acknowledged), "acknowledged_lost": len(set(acknowledged) - stored_ids(stack, acknowledged)),
+    })
+
+
+def test_results_service_down_means_503_and_nothing_stored(stack, http):
+    """Fail-fast: without storage the gateway never says 201; a 503 + Retry-After tells
+    the client nothing was stored, and indeed nothing is, later either."""
+    user = f"no-db-{uuid.uuid4().hex[:8]}"
+    request_ids = [f"{user}-{i}" for i in range(6)]
+    latencies = []
+    with stopped(stack, "results-service"):
+        for request_id in request_ids:
+            started = time.perf_counter()
+            answer = detect(stack, user, request_id, timeout=TIMEOUT_S + 5)
+            latencies.append(time.perf_counter() - started)
+            assert_clean_503(answer)
+        ready = http.get(f"{stack.gateway}/ready")
+        assert ready.status_code == 503 and ready.json()["dependencies"]["results-service"] != "ok"
+        assert ready.headers["Retry-After"]
+        body = answer.json()
+    time.sleep(1)
+    assert stored_ids(stack, request_ids) == set()
+    exported = http.get(f"{stack.gateway}/api/results/predictions/user/{user}", headers=headers("dpo"))
+    assert exported.status_code == 200 and exported.json()["count"] == 0
+    assert max(latencies) < TIMEOUT_S
+    record_figures("results_service_down", {
+        "requests": len(request_ids), "status": 503, "retry_after": answer.headers["Retry-After"], "body": body,
+        "latency_ms": [round(s * 1000, 1) for s in latencies], "stored_later": 0})
+
+
+def test_feature_service_down_still_serves_detections(stack, http):
+    """Features are monitoring data: without the feature service detections are still
+    served and stored (features null), and the gap is logged."""
+    user = f"no-features-{uuid.uuid4().hex[:8]}"
+    with stopped(stack, "feature-service"):
+        answers = [detect(stack, user, f"{user}-{i}", timeout=TIMEOUT_S + 5) for i in range(6)]
+    for answer in answers:
+        assert answer.status_code == 201, answer.text
+        assert answer.json()["features"] is None and answer.json()["detections"]
+    assert stored_ids(stack, [a.json()["request_id"] for a in answers]) == {a.json()["request_id"] for a in answers}
+    record_figures("feature_service_down", {"requests": len(answers), "status": 201, "features": None,
+                                            "latency_ms": [round(a.elapsed.total_seconds() * 1000, 1) for a in answers]})
+
+
+def test_no_acknowledged_result_is_lost_when_services_restart_under_load(stack):
+    """4 clients send detects while the results service, then the gateway, then the
+    adapter are restarted. Every 201 has its row in PostgreSQL."""
+    restarts = {}
+    with Load(stack, users=4) as load:
+        time.sleep(3)
+        for program in ("results-service", "gateway", "model-serving"):
+            started = time.monotonic()
+            output = ctl(stack, "restart", program)
+            assert "started" in output, output
+            probe = STACK.health_checks(ctl_env(stack))[program]
+            back = wait_for(probe, 120, 0.2)
+            assert back is not None, f"{program} did not come back"
+            restarts[program] = round(time.monotonic() - started, 1)
+            time.sleep(3)
+    wait_stack_healthy(stack)
+    acknowledged = load.acknowledged()
+    stored = stored_ids(stack, [o.request_id for o in load.outcomes])
+    lost = set(acknowledged) - stored
+    assert load.count(201) > 20, load.summary()
+    assert not lost, f"acknowledged but not stored: {sorted(lost)[:10]}"
+    odd = [o for o in load.outcomes if o.status not in (201, 503) and not isinstance(o.status, str)]
+    assert not odd, odd[:5]
+    assert not [o for o in load.outcomes if isinstance(o.status, str) and o.status.startswith("bad 5xx")]
+    record_figures("restart_under_load", {
+        **load.summary(), "restart_s": restarts, "acknowledged": len(acknowledged), "acknowledged_lost": len(lost),
+        "stored_without_acknowledgement": len(stored - set(acknowledged)),
+    })

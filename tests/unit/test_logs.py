@@ -1,0 +1,209 @@
+"""Logging and metrics helpers, without the stack: ECS fields, pseudonymisation of a
+stray user id, and the Logstash shipper against real sockets (up, refused, stalled,
+back up) — the caller must never wait on Logstash."""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+
+import pytest
+
+from services.common import logs, metrics, pseudonym
+
+
+class ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def notice_logger(name: str) -> tuple[logging.Logger, ListHandler]:
+    logger = logging.getLogger(f"test-notice-{name}")
+    logger.handlers.clear()
+    captured = ListHandler()
+    logger.addHandler(captured)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger, captured
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Listener:
+    """A TCP server collecting newline-delimited bytes (or, if stalled, never reading)."""
+
+    def __init__(self, port: int = 0, read: bool = True) -> None:
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind(("127.0.0.1", port))
+        self.server.listen(8)
+        self.port = self.server.getsockname()[1]
+        self.read = read
+        self.data = bytearray()
+        self.connections: list[socket.socket] = []
+        self.closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                connection, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections.append(connection)
+            if self.read:
+                threading.Thread(target=self._read, args=(connection,), daemon=True).start()
+
+    def _read(self, connection: socket.socket) -> None:
+        while True:
+            try:
+                chunk = connection.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.data.extend(chunk)
+
+    def lines(self) -> list[dict]:
+        return [json.loads(line) for line in bytes(self.data).split(b"\n") if line]
+
+    def close(self) -> None:
+        self.closed.set()
+        for connection in self.connections:
+            connection.close()
+        self.server.close()
+
+
+def shipper(port: int, name: str, **kwargs) -> tuple[logging.Logger, logs.LogstashShipper, ListHandler]:
+    notice, captured = notice_logger(name)
+    handler = logs.LogstashShipper("127.0.0.1", port, notice=notice, **kwargs)
+    handler.setFormatter(logs.ecs_formatter())
+    handler.addFilter(logs._ContextFilter(f"svc-{name}"))
+    logger = logging.getLogger(f"test-ship-{name}")
+    logger.handlers = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger, handler, captured
+
+
+def wait_for(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_events_reach_logstash_as_json_lines_with_ecs_fields():
+    listener = Listener()
+    logger, handler, notices = shipper(listener.port, "ok")
+    token = logs.request_id_var.set("req-ship-1")
+    try:
+        for index in range(20):
+            logger.info("event %d", index, extra={"event.action": "unit", "user.hash": "abc"})
+    finally:
+        logs.request_id_var.reset(token)
+    assert wait_for(lambda: len(listener.lines()) == 20)
+    first = listener.lines()[0]
+    assert first["service"]["name"] == "svc-ok" and first["trace"]["id"] == "req-ship-1"
+    assert first["log.level"] == "info" and first["ecs.version"] and first["@timestamp"]
+    assert first["event"]["action"] == "unit" and first["user"]["hash"] == "abc"
+    assert bytes(listener.data).endswith(b"\n") and not notices.records
+    handler.close()
+    listener.close()
+
+
+def test_refused_connection_costs_the_caller_nothing_and_is_reported_once():
+    port = free_port()  # nothing listens here
+    logger, handler, notices = shipper(port, "refused", queue_size=100)
+    started = time.perf_counter()
+    for index in range(2000):
+        logger.info("event %d", index)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 2.0, f"2000 log calls took {elapsed:.2f}s with Logstash down"
+    assert wait_for(lambda: any("unavailable" in r.getMessage() for r in notices.records))
+    time.sleep(2.5)  # a few reconnection attempts
+    for index in range(200):
+        logger.info("more %d", index)
+    messages = [r.getMessage() for r in notices.records]
+    assert sum("unavailable" in m for m in messages) == 1, messages
+    assert sum("queue full" in m for m in messages) == 1, messages
+    assert handler.dropped >= 2000 - 100 and handler._queue.qsize() <= 100
+
+    # Logstash comes up on that port: the queued events go out, recovery is reported once.
+    listener = Listener(port)
+    assert wait_for(lambda: len(listener.lines()) >= 50, timeout=40)
+    assert wait_for(lambda: any("reachable again" in r.getMessage() for r in notices.records))
+    handler.close()
+    listener.close()
+
+
+def test_stalled_listener_never_blocks_the_caller():
+    listener = Listener(read=False)  # accepts, never reads
+    logger, handler, notices = shipper(listener.port, "stalled", queue_size=200, send_timeout_s=1.0)
+    payload = "x" * 20000
+    worst = 0.0
+    for index in range(1500):  # ~30 MB: far more than the socket buffers hold
+        started = time.perf_counter()
+        logger.info("big %d %s", index, payload)
+        worst = max(worst, time.perf_counter() - started)
+    assert worst < 0.5, f"one log call took {worst:.2f}s against a stalled Logstash"
+    assert wait_for(lambda: any("unavailable" in r.getMessage() for r in notices.records), timeout=15)
+    assert handler.dropped > 0
+    messages = [r.getMessage() for r in notices.records]
+    assert sum("unavailable" in m for m in messages) == 1, messages
+    listener.close()
+    handler.close()
+
+
+def test_a_raw_user_id_in_extra_fields_is_replaced_by_its_hash(monkeypatch, capsys):
+    monkeypatch.setenv("PSEUDONYM_KEY", "unit-key")
+    pseudonym._key.cache_clear()
+    try:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logs.ecs_formatter())
+        handler.addFilter(logs._ContextFilter("svc"))
+        logger = logging.getLogger("test-user-id")
+        logger.handlers = [handler]
+        logger.propagate = False
+        logger.warning("lookup", extra={"user_id": "alice-raw-id-42"})
+        line = json.loads(capsys.readouterr().err.strip())
+        assert "alice-raw-id-42" not in json.dumps(line)
+        assert line["user"]["hash"] == pseudonym.hash_user_id("alice-raw-id-42")
+    finally:
+        pseudonym._key.cache_clear()
+
+
+def test_detection_and_feature_fields():
+    fields = logs.detection_fields([{"class_name": "car", "confidence": 0.91234567},
+                                    {"class_name": "car", "confidence": 0.5}])
+    assert fields == {"detection.count": 2, "detection.classes": ["car", "car"],
+                      "detection.confidences": [0.9123, 0.5]}
+    assert logs.feature_fields(None) == {}
+    assert logs.feature_fields({"brightness": 10.5, "width": 4, "other": 1}) == {"image.brightness": 10.5,
+                                                                                  "image.width": 4}
+
+
+@pytest.mark.parametrize("uri,name", [("gateway.app:app", "gateway"),
+                                      ("services.feature_service.app:app", "feature-service"),
+                                      ("services.results_service.app:app", "results-service")])
+def test_gunicorn_log_lines_carry_the_service_name(uri, name):
+    assert logs._service_from_app_uri(uri) == name
+
+
+def test_metrics_token_is_required(monkeypatch):
+    monkeypatch.setenv("METRICS_TOKEN", "s3cret")
+    assert metrics.authorised("Bearer s3cret")
+    assert not metrics.authorised("Bearer nope") and not metrics.authorised(None)
+    assert not metrics.authorised("s3cret") and not metrics.authorised("Basic s3cret")
