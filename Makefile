@@ -10,7 +10,7 @@ DATA_DIR ?= $(abspath ../shared/data/car-object-detection)
 export PYTHONPATH := $(CURDIR)
 export DATA_DIR
 
-.PHONY: setup proto run up down status test test-unit test-deploy demo train bench logs trace loadtest
+.PHONY: setup proto run up down status test test-unit test-deploy demo train bench logs trace loadtest purge audit registry
 
 setup: $(INSTALLED) $(PROTO_OUT)
 
@@ -70,3 +70,16 @@ loadtest: setup
 	@mkdir -p var/loadtest
 	$(VENV)/bin/locust -f loadtest/locustfile.py --headless -u $(USERS) -r $(USERS) -t $(DURATION) \
 		--host http://127.0.0.1:$${GATEWAY_PORT:-8080} --csv var/loadtest/run --html var/loadtest/report.html
+
+# Retention: delete predictions older than RETENTION_DAYS (default 30) and journal it.
+purge: setup
+	$(PY) -m governance.purge
+
+# Usage, compliance and performance reports (JSON, Markdown, HTML) under var/reports/.
+audit: setup
+	$(PY) -m governance.audit_report
+
+# make registry ARGS="list" | ARGS="verify" | ARGS="register model_repository/car_detector/2"
+#   | ARGS="deprecate car_detector:2 --reason 'regression' --wait"
+registry: setup
+	$(PY) -m governance.model_registry $(ARGS)

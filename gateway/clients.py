@@ -25,7 +25,7 @@ from urllib3.exceptions import NewConnectionError
 
 from services.common import config, tls
 from services.common.resilience import CircuitBreaker, CircuitOpen
-from services.common.web import ApiError
+from services.common.web import INTERNAL_TOKEN_HEADER, ApiError, internal_token
 from services.proto import model_serving_pb2 as pb
 from services.proto import model_serving_pb2_grpc as pb_grpc
 
@@ -55,6 +55,8 @@ class HttpService:
         # silently replace TLS_CA_FILE); verification is never switched off.
         self.session.trust_env = False
         self.verify = tls.requests_verify()
+        token = internal_token()  # optional service-to-service token
+        self.auth_headers = {INTERNAL_TOKEN_HEADER: token} if token else {}
         # No urllib3-level retries: the one retry below is decided here, knowingly.
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
         self.session.mount("http://", adapter)
@@ -70,7 +72,7 @@ class HttpService:
              **kwargs: Any) -> requests.Response:
         """One call, with at most one retry; 503 ApiError when the dependency is down.
         A 5xx answer is returned to the caller (and counted as a failure)."""
-        headers = {"X-Request-ID": request_id, **kwargs.pop("headers", {})}
+        headers = {"X-Request-ID": request_id, **self.auth_headers, **kwargs.pop("headers", {})}
         idempotent = method.upper() in IDEMPOTENT_METHODS if idempotent is None else idempotent
         try:
             self.breaker.before_call()

@@ -55,6 +55,9 @@ EXPECTED_COLUMNS = {
     "audit_events": {"id", "at", "action", "actor_role", "actor_id", "user_hash", "request_id", "record_count"},
 }
 # Routes open without a key on purpose (no personal data behind them); everything else must answer 401.
+# var/ folders where developer tools (make demo, training.explore, services/triton/check.py --draw,
+# these reports) write drawings of dataset frames: not uploads, not scanned.
+TOOL_OUTPUT_DIRS = {"reports", "demo", "dataset", "triton-check", "training"}
 UNAUTHENTICATED_BY_DESIGN = {"/health": "liveness probe", "/ready": "readiness probe",
                              "/openapi.json": "public API description, no data"}
 TIMEOUT = 5.0
@@ -522,9 +525,10 @@ class AuditReportGenerator:
         feature_keys = sorted({k for p in preds for k in (p.get("features") or {})})
         heavy = [p["request_id"] for p in preds if len(json.dumps(p.get("features") or {})) > 4096]
         image_keys = [k for k in feature_keys if "image" in k.lower() or "base64" in k.lower()]
-        upload_files = [str(p) for p in config.var_dir().rglob("*")
+        var = config.var_dir()
+        upload_files = [str(p) for p in var.rglob("*")
                         if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
-                        and not any(part in ("reports", "demo", "dataset") for part in p.parts)][:20]
+                        and not set(p.relative_to(var).parts[:-1]) & TOOL_OUTPUT_DIRS][:20]
         images_ok = not binary and not heavy and not image_keys and not upload_files
         return [
             check("data_minimisation", "Only the necessary columns are stored", "fail" if unexpected else "pass",
@@ -532,9 +536,10 @@ class AuditReportGenerator:
                   "database schema inspected against the documented record of processing (RGPD.md)"),
             check("images_not_stored", "Uploaded images are not kept", "pass" if images_ok else "fail",
                   {"binary_columns": binary, "feature_keys": feature_keys, "oversized_feature_records": heavy[:10],
-                   "image_files_under_var": upload_files},
+                   "image_files_under_var": upload_files,
+                   "not_scanned": sorted(TOOL_OUTPUT_DIRS) + ["(developer tools' drawings of dataset frames and reports)"]},
                   "schema has no binary column; stored features are scalar statistics; no image file under var/ "
-                  "(except reports, demo output and dataset reports)"),
+                  "outside the developer tools' output folders"),
         ]
 
     def _check_documents(self) -> dict[str, Any]:
@@ -698,9 +703,10 @@ def report_to_markdown(report: dict[str, Any], plots: dict[str, Path]) -> str:
     if "features" in dd:
         lines += [f"Data drift (PSI vs {dd.get('baseline', {}).get('images')} training frames; "
                   f"<0.1 stable, 0.1-0.25 moderate, >0.25 significant; "
-                  f"{'enough data' if dd['enough_data'] else 'fewer than 30 samples: indicative only'}):", "",
-                  "| feature | n | PSI | level | baseline mean | production mean |", "|---|---|---|---|---|---|",
-                  *[f"| {k} | {v['n']} | {_fmt(v['psi'])} | {v['level']} | {_fmt(v.get('baseline_mean'))} | {_fmt(v.get('production_mean'))} |"
+                  f"levels judged on PSI minus its sampling noise (k-1)/n; "
+                  f"{'enough data' if dd['enough_data'] else f'fewer than {drift_mod.MIN_SAMPLE} images: indicative only'}):", "",
+                  "| feature | n | PSI | noise floor | level | baseline mean | production mean |", "|---|---|---|---|---|---|---|",
+                  *[f"| {k} | {v['n']} | {_fmt(v['psi'])} | {_fmt(v.get('noise_floor'))} | {v['level']} | {_fmt(v.get('baseline_mean'))} | {_fmt(v.get('production_mean'))} |"
                     for k, v in dd["features"].items()], ""]
     else:
         lines += [f"Data drift: {dd.get('error')}", ""]
@@ -794,12 +800,14 @@ def make_plots(report: dict[str, Any], folder: Path) -> dict[str, Path]:
     scored = {k: v["psi"] for k, v in feats.items() if v["psi"] is not None}
     if scored:
         fig, ax = plt.subplots(figsize=(6, 3))
-        ax.bar(list(scored), list(scored.values()), color=["#cf222e" if v > 0.25 else "#9a6700" if v > 0.1 else "#1a7f37"
-                                                           for v in scored.values()])
+        palette = {"significant": "#cf222e", "moderate": "#9a6700", "stable": "#1a7f37"}
+        ax.bar(list(scored), list(scored.values()), color=[palette.get(feats[k]["level"], "#57606a") for k in scored])
+        ax.plot(list(scored), [feats[k].get("noise_floor", 0) for k in scored], "k_", markersize=14, label="sampling noise")
+        ax.legend(fontsize=7)
         ax.axhline(0.1, ls="--", color="#9a6700", lw=1)
         ax.axhline(0.25, ls="--", color="#cf222e", lw=1)
         ax.tick_params(axis="x", labelrotation=45, labelsize=7)
-        ax.set_title("Data drift: PSI per image feature")
+        ax.set_title("Data drift: PSI per image feature (colour = level after noise)")
         save(fig, "drift")
     return plots
 

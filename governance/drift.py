@@ -9,7 +9,10 @@ service's own `extract_features`, and cached in `governance/baseline_features.js
 
 PSI per feature over the baseline's decile bins: sum((p_prod - p_base) * ln(p_prod / p_base)),
 proportions floored at 1e-4. Reading (the usual credit-scoring convention):
-< 0.1 stable, 0.1-0.25 moderate shift, > 0.25 significant shift.
+< 0.1 stable, 0.1-0.25 moderate shift, > 0.25 significant shift — applied to the PSI in
+excess of its sampling noise: with n production images and k bins, PSI of an undrifted
+sample is about (k - 1) / n (0.225 for n = 40), so small samples are not called drifted
+by chance. Below 200 images the result is marked indicative.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ NUMERIC_FEATURES = ("brightness", "contrast", "sharpness", "saturation", "colour
 N_BINS = 10
 FLOOR = 1e-4
 STABLE, SIGNIFICANT = 0.1, 0.25
-MIN_SAMPLE = 30
+MIN_SAMPLE = 200
 
 
 def baseline_path() -> Path:
@@ -109,8 +112,11 @@ def drift(baseline: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any
             continue
         actual = proportions(values, base["edges"])
         score = psi(base["proportions"], actual)
-        level = "stable" if score < STABLE else "moderate" if score < SIGNIFICANT else "significant"
-        per_feature[name] = {"n": len(values), "psi": round(score, 4), "level": level,
+        noise = (len(base["proportions"]) - 1) / len(values)
+        excess = max(0.0, score - noise)
+        level = "stable" if excess < STABLE else "moderate" if excess < SIGNIFICANT else "significant"
+        per_feature[name] = {"n": len(values), "psi": round(score, 4), "noise_floor": round(noise, 4),
+                             "psi_excess": round(excess, 4), "level": level,
                              "baseline_mean": round(base["mean"], 3), "production_mean": round(float(np.mean(values)), 3)}
     scored = [v for v in per_feature.values() if v["psi"] is not None]
     worst = max(scored, key=lambda v: v["psi"], default=None)

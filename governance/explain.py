@@ -220,7 +220,8 @@ def explain_image(data: bytes, threshold: float = 0.4, grid: tuple[int, int] = D
             total = float(positive.sum())
             peak = int(np.argmax(drops))
             peak_cell = cells[peak]
-            inside = float((positive * overlap).sum() / total) if total > 0 else None
+            # Share of the evidence in the cells the box touches (at cell resolution).
+            inside = float(positive[overlap > 0].sum() / total) if total > 0 else None
             detection["saliency"] = {
                 "reference_score": round(float(ref_score), 4),
                 "max_drop": round(float(drops.max()), 4),

@@ -60,8 +60,11 @@ class TritonPythonModel:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf  # imported here: thread settings must precede TF's runtime start
 
-        tf.config.threading.set_intra_op_parallelism_threads(intra)
-        tf.config.threading.set_inter_op_parallelism_threads(inter)
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(intra)
+            tf.config.threading.set_inter_op_parallelism_threads(inter)
+        except RuntimeError:  # TF already initialised in this process (only outside Triton)
+            self.logger.log_info("TF threads already fixed in this process; parameters ignored")
         self.tf = tf
         version_dir = os.path.join(args["model_repository"], str(args["model_version"]))
         self.version = str(args["model_version"])

@@ -50,6 +50,33 @@ def json_error(status: int, message: str, headers: dict[str, str] | None = None)
     return response
 
 
+INTERNAL_TOKEN_HEADER = "X-Internal-Token"
+# Paths an internal service answers without the token: probes, documentation, and
+# /metrics (which has its own bearer token).
+_OPEN_PATHS = ("/health", "/ready", "/openapi.json", "/metrics")
+
+
+def internal_token() -> str | None:
+    """The optional service-to-service token (`INTERNAL_TOKEN` or `INTERNAL_TOKEN_FILE`).
+    When set, the feature and results services require it in `X-Internal-Token` and the
+    gateway sends it; unset, they rely on network isolation (docs/reliability.md)."""
+    import os
+
+    if os.environ.get("INTERNAL_TOKEN", "").strip() or os.environ.get("INTERNAL_TOKEN_FILE", "").strip():
+        return config.secret("INTERNAL_TOKEN")
+    return None
+
+
+def _internal_caller_ok() -> bool:
+    import hmac
+
+    expected = internal_token()
+    if expected is None or request.path in _OPEN_PATHS:
+        return True
+    presented = request.headers.get(INTERNAL_TOKEN_HEADER, "")
+    return hmac.compare_digest(presented.encode(), expected.encode())
+
+
 def json_body() -> dict[str, Any]:
     """The request's JSON object, or a 400 naming what is wrong with it."""
     if not request.is_json:
@@ -99,7 +126,7 @@ def _loggable_path() -> tuple[str, dict[str, str]]:
 
 
 def create_app(service_name: str, ready_checks: dict[str, Callable[[], None]] | None = None,
-               openapi: Path | None = None) -> Flask:
+               openapi: Path | None = None, internal: bool = False) -> Flask:
     """A Flask app with the shared edges. `ready_checks` name the dependencies that
     `/ready` probes; each raises when its dependency is unreachable."""
     log = setup_logging(service_name)
@@ -120,6 +147,8 @@ def create_app(service_name: str, ready_checks: dict[str, Callable[[], None]] | 
             return json_error(400, f"{REQUEST_ID_HEADER} must be 1-128 characters from A-Z a-z 0-9 . _ : -")
         g.request_id = incoming or uuid.uuid4().hex
         request_id_var.set(g.request_id)
+        if internal and not _internal_caller_ok():
+            return json_error(401, f"missing or wrong {INTERNAL_TOKEN_HEADER} (internal service)")
         return None
 
     @app.after_request

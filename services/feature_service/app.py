@@ -26,7 +26,7 @@ SERVICE_NAME = "feature-service"
 MODEL_INPUT_WIDTH = config.env_int("MODEL_INPUT_WIDTH", 512)
 MODEL_INPUT_HEIGHT = config.env_int("MODEL_INPUT_HEIGHT", 288)
 
-app = create_app(SERVICE_NAME, openapi=Path(__file__).with_name("openapi.yaml"))
+app = create_app(SERVICE_NAME, openapi=Path(__file__).with_name("openapi.yaml"), internal=True)
 log = app.logger
 
 

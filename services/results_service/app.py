@@ -26,7 +26,7 @@ ACTOR_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 store = ResultsStore(make_engine())
 app = create_app(SERVICE_NAME, ready_checks={"database": store.ping},
-                 openapi=Path(__file__).with_name("openapi.yaml"))
+                 openapi=Path(__file__).with_name("openapi.yaml"), internal=True)
 log = app.logger
 
 

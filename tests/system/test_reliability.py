@@ -183,6 +183,8 @@ def ctl(stack, *args: str) -> str:
 
 
 def wait_stack_healthy(stack, timeout_s: float = 240.0) -> None:
+    """Every health check passes *and* a detect succeeds (the gateway's breakers may stay
+    open up to BREAKER_RESET_S after a dependency is back): the next test finds a working stack."""
     env = ctl_env(stack)
     deadline = time.monotonic() + timeout_s
     for name, probe in STACK.health_checks(env).items():
@@ -190,6 +192,13 @@ def wait_stack_healthy(stack, timeout_s: float = 240.0) -> None:
             if time.monotonic() > deadline:
                 pytest.fail(f"{name} did not become healthy again:\n{STACK.log_tail(env, name)}")
             time.sleep(0.5)
+    for attempt in range(60):
+        # several in a row: each gunicorn worker has its own breakers
+        if all(detect(stack, "reliability-canary", f"canary-{uuid.uuid4().hex}", timeout=30).status_code == 201
+               for _ in range(4)):
+            return
+        time.sleep(1)
+    pytest.fail("the stack is healthy but detects keep failing")
 
 
 @contextmanager
@@ -378,6 +387,41 @@ def test_triton_down_during_a_load_gives_fast_503_and_recovers_by_itself(stack):
         "triton_restart_s": round(triton_back_s, 1), "first_201_after_triton_ready_s": round(recovery_s, 1),
         "acknowledged": len(acknowledged), "acknowledged_lost": len(set(acknowledged) - stored_ids(stack, acknowledged)),
     })
+
+
+def test_a_hanging_triton_costs_at_most_the_timeout_then_nothing(stack):
+    """Triton frozen (SIGSTOP: connections open, no answer), 4 concurrent clients: the
+    first requests wait the timeout and get 503; once the breakers are open, 503 comes
+    at once. Nothing waits past INTERNAL_TIMEOUT_S."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    user = f"hang-{uuid.uuid4().hex[:8]}"
+
+    def one(i: int) -> Outcome:
+        started = time.perf_counter()
+        answer = detect(stack, user, f"{user}-{i}", timeout=TIMEOUT_S + 10)
+        outcome = Outcome(f"{user}-{i}", answer.status_code, time.perf_counter() - started, answer.headers.get("Retry-After"))
+        if answer.status_code >= 500:
+            assert_clean_503(answer)
+        return outcome
+
+    assert "triton" in ctl(stack, "signal", "STOP", "triton")
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            outcomes = list(pool.map(one, range(16)))
+    finally:
+        ctl(stack, "signal", "CONT", "triton")
+        wait_stack_healthy(stack)
+    assert all(o.status == 503 and o.retry_after for o in outcomes), outcomes
+    slowest = max(o.elapsed_s for o in outcomes)
+    assert slowest < TIMEOUT_S + 1.5, slowest
+    fast = [o for o in outcomes if o.elapsed_s < 1.0]
+    assert len(fast) >= 4, [round(o.elapsed_s, 2) for o in outcomes]  # the breakers took over
+    assert stored_ids(stack, [o.request_id for o in outcomes]) == set()
+    record_figures("triton_hanging", {
+        "requests": len(outcomes), "status": 503, "latency_s": [round(o.elapsed_s, 2) for o in outcomes],
+        "max_latency_s": round(slowest, 2), "answered_within_1s": len(fast),
+        "retry_after_values": sorted({o.retry_after for o in outcomes})})
 
 
 def test_results_service_down_means_503_and_nothing_stored(stack, http):

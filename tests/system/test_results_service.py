@@ -30,7 +30,7 @@ def sqlite_results(stack):
         try:
             if requests.get(f"{url}/ready", timeout=1).status_code == 200:
                 break
-        except requests.ConnectionError:
+        except requests.RequestException:
             time.sleep(0.2)
     else:
         process.kill()

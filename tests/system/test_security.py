@@ -685,3 +685,30 @@ def test_tls_hop_to_the_grpc_adapter(dev_certs, tmp_path, monkeypatch):
         assert plain.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     finally:
         stop(process)
+
+
+# --------------------------------------------------------------------------- optional service-to-service token
+
+def test_internal_token_guards_an_internal_service_when_configured(tmp_path, monkeypatch):
+    """With INTERNAL_TOKEN set, the results service answers 401 to any caller without it
+    (probes, documentation and /metrics excepted) and the gateway's client sends it."""
+    port = free_port()
+    env = base_env(tmp_path / "var", INTERNAL_TOKEN="internal-token-for-this-test-0123456789")
+    env.pop("DATABASE_URL", None)  # its own SQLite file
+    process = spawn([str(VENV_BIN / "gunicorn"), "-c", "services/common/gunicorn_conf.py", "-b", f"127.0.0.1:{port}",
+                     "services.results_service.app:app"], env, tmp_path / "results.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_until(lambda: requests.get(f"{url}/ready", timeout=1).status_code == 200, 60), \
+            (tmp_path / "results.log").read_text()[-2000:]
+        for hdrs in ({}, {"X-Internal-Token": "wrong"}, {"X-Internal-Token": ""}):
+            assert_clean_error(requests.get(f"{url}/predictions/some-id", headers=hdrs), 401)
+            assert_clean_error(requests.delete(f"{url}/predictions/user/someone", headers=hdrs), 401)
+        assert requests.get(f"{url}/health").status_code == 200
+        assert requests.get(f"{url}/openapi.json").status_code == 200
+        monkeypatch.setenv("INTERNAL_TOKEN", env["INTERNAL_TOKEN"])
+        from gateway.clients import HttpService
+
+        assert HttpService("results service", url).call("GET", "/predictions/some-id", "tok-test").status_code == 404
+    finally:
+        stop(process)

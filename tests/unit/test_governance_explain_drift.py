@@ -85,7 +85,19 @@ def test_psi_is_zero_on_the_baseline_and_large_on_a_shift():
 def test_drift_report_against_the_committed_baseline():
     baseline = drift.load_baseline()
     assert baseline and baseline["images"] > 500 and set(drift.NUMERIC_FEATURES) <= set(baseline["features"])
-    night = [{**{k: v["mean"] for k, v in baseline["features"].items()}, "brightness": 15.0} for _ in range(50)]
+    night = [{**{k: v["mean"] for k, v in baseline["features"].items()}, "brightness": 15.0} for _ in range(250)]
     report = drift.drift(baseline, night)
     assert "brightness" in report["drifting"] and report["enough_data"]
     assert report["features"]["width"]["level"] == "stable"
+
+
+def test_a_small_undrifted_sample_is_not_called_drifted():
+    """40 images drawn from the baseline's own distribution: raw PSI is noisy, the excess is not."""
+    baseline = drift.load_baseline()
+    rng = np.random.default_rng(3)
+    sample = [{name: float(rng.normal(f["mean"], max(f["std"], 1e-9))) for name, f in baseline["features"].items()}
+              for _ in range(40)]
+    report = drift.drift(baseline, sample)
+    assert not report["enough_data"]
+    assert report["features"]["brightness"]["noise_floor"] == 0.225
+    assert report["features"]["brightness"]["level"] != "significant"
