@@ -164,7 +164,8 @@ def detect() -> tuple[Response, int]:
         "inference_time_ms": prediction.inference_time_ms,
     }, headers=_actor_headers(g.principal))
     if stored.status_code == 409:
-        raise ApiError(409, f"request id {request_id} was already used; send a new X-Request-ID")
+        raise ApiError(409, f"request id {request_id} was already used: a prediction with it is stored "
+                            f"(GET /api/results/predictions/{request_id}); send a new X-Request-ID for a new detection")
     if stored.status_code != 201:
         # Never acknowledge what was not stored.
         raise unavailable("result storage")

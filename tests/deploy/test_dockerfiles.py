@@ -24,8 +24,9 @@ IMPORT_TO_DIST = {
     "flask_limiter": "flask-limiter", "limits": "flask-limiter", "redis": "flask-limiter",
     "requests": "requests", "grpc": "grpcio", "grpc_health": "grpcio-health-checking",
     "google": "protobuf", "tritonclient": "tritonclient", "sqlalchemy": "sqlalchemy",
-    "psycopg2": "psycopg2-binary", "ecs_logging": "ecs-logging", "logstash_async": "python-logstash-async",
+    "psycopg2": "psycopg2-binary", "ecs_logging": "ecs-logging",
     "prometheus_client": "prometheus-client", "tensorflow": "tensorflow-cpu", "yaml": "pyyaml",
+    "urllib3": "requests",  # installed with requests, which pins a compatible range
 }
 # Imports reachable in the code but never executed by one image, with the reason.
 NOT_NEEDED = {

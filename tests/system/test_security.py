@@ -544,6 +544,29 @@ def test_rate_limit_holds_across_gunicorn_workers(stack, tmp_path):
         stop(process)
 
 
+def test_rate_limits_survive_redis_being_down(tmp_path):
+    """Redis unreachable: the gateway neither fails nor stops limiting; each worker falls
+    back to counting in memory (logged). No stack needed: the request is refused (400)
+    after authentication and rate limiting, before any backend call."""
+    port = free_port()
+    env = base_env(tmp_path / "var", **{
+        "RATE_LIMIT": "5 per minute", "RATELIMIT_STORAGE_URI": f"redis://127.0.0.1:{free_port()}/0",
+        "API_KEYS": f"{KEYS['dpo']}:dpo", "FEATURE_SERVICE_URL": "http://127.0.0.1:9",
+        "RESULTS_SERVICE_URL": "http://127.0.0.1:9", "MODEL_SERVING_ADDR": "127.0.0.1:9"})
+    process = spawn([str(VENV_BIN / "gunicorn"), "-c", "services/common/gunicorn_conf.py", "-b", f"127.0.0.1:{port}",
+                     "gateway.app:app"], env, tmp_path / "gateway.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_until(lambda: requests.get(f"{url}/health", timeout=1).status_code == 200, 60), \
+            (tmp_path / "gateway.log").read_text()[-2000:]
+        statuses = [requests.get(f"{url}/api/results/predictions/bad%20id", headers=headers("dpo"), timeout=10).status_code
+                    for _ in range(8)]
+        assert statuses == [400] * 5 + [429] * 3, statuses
+        assert "falling back to in-memory storage" in (tmp_path / "gateway.log").read_text()
+    finally:
+        stop(process)
+
+
 # --------------------------------------------------------------------------- secrets and dependencies
 
 SECRET_PATTERNS = {
