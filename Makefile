@@ -10,7 +10,7 @@ DATA_DIR ?= $(abspath ../shared/data/car-object-detection)
 export PYTHONPATH := $(CURDIR)
 export DATA_DIR
 
-.PHONY: setup proto run up down status test test-unit test-deploy demo train bench logs trace loadtest purge audit registry
+.PHONY: setup proto run up down status test test-unit test-deploy demo train bench logs trace loadtest purge audit registry certs vuln-audit
 
 setup: $(INSTALLED) $(PROTO_OUT)
 
@@ -83,3 +83,11 @@ audit: setup
 #   | ARGS="deprecate car_detector:2 --reason 'regression' --wait"
 registry: setup
 	$(PY) -m governance.model_registry $(ARGS)
+
+# A local CA and server certificates under var/tls/ for the optional TLS hops (docs/reliability.md).
+certs:
+	bash scripts/make_dev_certs.sh
+
+# Known vulnerabilities in the pinned dependencies (needs the advisory databases to be reachable).
+vuln-audit: setup
+	$(VENV)/bin/pip-audit -r requirements.txt --no-deps --disable-pip

@@ -1,0 +1,79 @@
+"""The benchmark's own arithmetic (loadtest/bench.py): measuring window, summaries, verdicts."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from loadtest import bench
+
+
+def test_measure_counts_only_the_window_and_warms_each_thread() -> None:
+    made: list[int] = []
+    lock = threading.Lock()
+
+    def make_call():  # one call object per client thread, like a keep-alive session
+        with lock:
+            made.append(1)
+        return lambda image: time.sleep(0.01)
+
+    run = bench.measure(make_call, [b"a", b"b"], concurrency=3, seconds=0.3)
+    assert len(made) == 3
+    assert run["errors"] == []
+    assert 0.3 <= run["wall_s"] < 0.6
+    # 3 closed-loop clients at ~10 ms per call for 0.3 s: about 90 calls, warm-ups excluded
+    assert 45 <= len(run["latencies"]) <= 95
+    assert all(x >= 9 for x in run["latencies"])
+
+
+def test_measure_reports_errors_without_stopping() -> None:
+    def make_call():
+        def call(image: bytes) -> None:
+            if image == b"bad":
+                raise RuntimeError("503: down")
+        return call
+
+    run = bench.measure(make_call, [b"ok", b"bad"], concurrency=1, seconds=0.05)
+    assert run["latencies"] and run["errors"]
+    assert "503" in run["errors"][0]
+
+
+def test_summarise_pools_rounds() -> None:
+    runs = [{"latencies": [10.0] * 50, "wall_s": 1.0, "errors": []},
+            {"latencies": [30.0] * 50, "wall_s": 1.0, "errors": ["x"]}]
+    row = bench.summarise(runs, 4)
+    assert row["requests"] == 100 and row["errors"] == 1
+    assert row["images_per_s"] == 50.0
+    assert row["images_per_s_per_round"] == [50.0, 50.0]
+    assert row["p50_ms"] == pytest.approx(20.0)
+
+
+def _row(c: int, ips: float, p95: float = 100.0) -> dict:
+    return {"concurrency": c, "images_per_s": ips, "p50_ms": 1.0, "p95_ms": p95, "p99_ms": 1.0, "errors": 0}
+
+
+def test_verdicts_pass_fail_and_missing() -> None:
+    report = {"stack_rss_mb": 2000.0, "results": {
+        "in_process": [_row(16, 40.0)], "triton_direct": [_row(16, 36.0), _row(4, 30.0)],
+        "gateway": [_row(4, 15.0, p95=180.0)], "naive_baseline": [_row(4, 5.0)]}}
+    verdicts = {v["target"]: v for v in bench.verdicts(report)}
+    assert verdicts["Triton direct / in process, throughput @c16"]["verdict"] == "PASS"  # 0.9
+    assert verdicts["gateway / Triton direct, throughput @c4"]["verdict"] == "FAIL"  # 0.5
+    assert verdicts["gateway / naive baseline, throughput @c4"]["verdict"] == "PASS"  # 3.0
+    assert verdicts["gateway p95 latency @c4 (ms)"]["verdict"] == "FAIL"
+    assert verdicts["whole stack resident memory, peak (MB)"]["verdict"] == "PASS"
+    info = next(v for name, v in verdicts.items() if name.startswith("(information)"))
+    assert info["verdict"] == "-"  # the reference path was not measured: no verdict, no crash
+
+
+def test_markdown_has_the_table_and_the_verdicts() -> None:
+    report = {"stack_rss_mb": 2000.0, "stack_pss_mb": 1500.0, "images": 16,
+              "results": {"gateway": [_row(4, 20.0)]},
+              "conditions": {"date": "d", "cpu_count": 2, "load_before": [0.1, 0.2, 0.3], "load_after": [1, 1, 1],
+                             "rounds": 2, "seconds": 5.0, "model_version": "1", "stack_processes": 13}}
+    report["verdicts"] = bench.verdicts(report)
+    text = bench.markdown(report)
+    assert "| 4. Gateway end to end | 4 | 20.0 |" in text
+    assert "| gateway p95 latency @c4 (ms) | 100.0 | <= 150 | PASS |" in text
+    assert "load average [0.1, 0.2, 0.3] before" in text
