@@ -34,6 +34,7 @@ import select
 import socket
 import sys
 import threading
+import time
 from contextvars import ContextVar
 from typing import Any, Iterable, Mapping
 
@@ -42,6 +43,11 @@ import ecs_logging
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 _configured: str | None = None
+# A failure this soon after a recovery continues the same outage (a stalled listener
+# accepts a new connection and a few kernel buffers' worth before stalling again), so
+# one outage is said once.
+FLAP_WINDOW_S = float(os.environ.get("LOGSTASH_FLAP_WINDOW_S", "60"))
+
 _RAW_USER_FIELDS = ("user_id", "user.id", "userId")
 # Image features logged for drift dashboards (see services/feature_service/features.py).
 FEATURE_FIELDS = ("width", "height", "aspect_ratio", "byte_size", "brightness", "contrast",
@@ -157,6 +163,7 @@ class LogstashShipper(logging.Handler):
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
         self._connected_ok = True  # until proven otherwise: the first failure is reported
+        self._recovered_at = -FLAP_WINDOW_S
         self._drop_reported = False
 
     # --- caller side: never blocks -------------------------------------------------
@@ -225,7 +232,7 @@ class LogstashShipper(logging.Handler):
                 self._send(b"".join(batch))
             except OSError as exc:
                 self._disconnect()
-                if self._connected_ok:
+                if self._connected_ok and time.monotonic() - self._recovered_at >= FLAP_WINDOW_S:
                     self._connected_ok = False
                     self.notice.warning(
                         "Logstash at %s:%d is unavailable (%s): events wait in a bounded in-memory queue "
@@ -242,6 +249,7 @@ class LogstashShipper(logging.Handler):
             backoff = 1.0
             if not self._connected_ok:
                 self._connected_ok = True
+                self._recovered_at = time.monotonic()
                 self.notice.info(
                     "Logstash at %s:%d is reachable again; %d events were dropped meanwhile",
                     self.host, self.port, self.dropped,

@@ -6,18 +6,43 @@ signature (encoded images in, boxes/scores/labels out, NMS done in the graph).
 - All requests of a dynamic batch go through ONE signature call (real cross-request batching).
 - If that call fails to decode an image, each request is retried alone, so a corrupt file
   fails only its own request with "could not decode image: ...".
+- JPEGs with an EXIF orientation are turned upright first (boxes in displayed pixels).
 - Per request: BOXES [b,N,4], SCORES [b,N], LABELS [b,N] with N the detection count of the
   image (for b > 1 the maximum in the request; shorter rows padded with score 0, label b"").
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+
+def exif_upright(data: bytes) -> bytes:
+    """Apply a JPEG's EXIF orientation so boxes are in the pixels a viewer shows.
+
+    TensorFlow's decoder ignores EXIF. Only JPEGs carrying an orientation other than 1 are
+    touched (decoded with PIL, transposed, re-encoded as lossless BMP); everything else,
+    including undecodable bytes, is passed through unchanged for the graph to handle.
+    """
+    if not data.startswith(b"\xff\xd8") or b"Exif" not in data[:65536]:
+        return data
+    try:
+        from PIL import Image, ImageOps
+
+        with Image.open(io.BytesIO(data)) as im:
+            if im.getexif().get(0x0112, 1) in (None, 0, 1):
+                return data
+            upright = ImageOps.exif_transpose(im).convert("RGB")
+        buf = io.BytesIO()
+        upright.save(buf, format="BMP")
+        return buf.getvalue()
+    except Exception:  # noqa: BLE001 - let TensorFlow report the decode problem
+        return data
 
 
 def _param(config: dict, key: str, default: str) -> str:
@@ -35,8 +60,11 @@ class TritonPythonModel:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf  # imported here: thread settings must precede TF's runtime start
 
-        tf.config.threading.set_intra_op_parallelism_threads(intra)
-        tf.config.threading.set_inter_op_parallelism_threads(inter)
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(intra)
+            tf.config.threading.set_inter_op_parallelism_threads(inter)
+        except RuntimeError:  # TF already initialised in this process (only outside Triton)
+            self.logger.log_info("TF threads already fixed in this process; parameters ignored")
         self.tf = tf
         version_dir = os.path.join(args["model_repository"], str(args["model_version"]))
         self.version = str(args["model_version"])
@@ -115,7 +143,7 @@ class TritonPythonModel:
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"bad IMAGE input: {self._short(x)}"))
 
         sizes = [len(per_request[i]) for i in good]
-        flat = [bytes(v) for i in good for v in per_request[i]]
+        flat = [exif_upright(bytes(v)) for i in good for v in per_request[i]]
         outputs = None
         if flat:
             try:
@@ -135,7 +163,7 @@ class TritonPythonModel:
         else:
             for i in good:
                 try:
-                    responses[i] = self._response(*self._run([bytes(v) for v in per_request[i]]))
+                    responses[i] = self._response(*self._run([exif_upright(bytes(v)) for v in per_request[i]]))
                 except self.tf.errors.InvalidArgumentError as e:
                     responses[i] = pb_utils.InferenceResponse(
                         error=pb_utils.TritonError(f"could not decode image: {self._short(e)}")
