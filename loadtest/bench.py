@@ -227,8 +227,19 @@ def _admin_key() -> str:
     sys.exit("no admin key configured for the benchmark")
 
 
-def start_baseline(name: str) -> subprocess.Popen:
+def _port_in_use(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_baseline(name: str) -> subprocess.Popen | None:
     mode, port = BASELINES[name]
+    if _port_in_use(port):  # a stale process would be measured instead of this one
+        log(f"skipping {name}: port {port} is already in use (set BENCH_NAIVE_PORT)")
+        return None
     env = {**ENV, "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.Popen([sys.executable, str(REPO_ROOT / "loadtest/naive_baseline.py"), str(port),
                              str(latest_savedmodel().parent), "--mode", mode], env=env,
@@ -344,6 +355,10 @@ def markdown(report: dict) -> str:
                          f"{row['p95_ms']} | {row['p99_ms']} | {row['errors']} |")
     lines += ["", "| target | measured | bound | verdict |", "|---|---:|---:|---|"]
     lines += [f"| {v['target']} | {v['value']} | {v['bound']} | {v['verdict']} |" for v in report["verdicts"]]
+    failing = [f"{LABELS[name]} @c{row['concurrency']}: {row['errors']} errors, first: {row['first_error']}"
+               for name in PATHS for row in report["results"].get(name, []) if row["errors"]]
+    if failing:
+        lines += ["", "Errors (these rows are not valid measurements):", *[f"- {line}" for line in failing]]
     c = report["conditions"]
     lines += ["", f"Conditions: {c['date']}, {c['cpu_count']} CPU cores, load average {c['load_before']} before and "
                   f"{c['load_after']} after (1/5/15 min), {c['rounds']} interleaved rounds x {c['seconds']:g} s per "
@@ -364,8 +379,14 @@ def main() -> int:
     report: dict = {}
     try:
         factories: dict[str, Callable[[], Callable[[bytes], None]]] = {}
-        for name in SELECTED:
-            factories[name] = baseline(name, baselines[name]) if name in BASELINES else globals()[name]()
+        for name in list(SELECTED):
+            try:
+                if name in BASELINES and baselines.get(name) is None:
+                    raise RuntimeError("not started")
+                factories[name] = baseline(name, baselines[name]) if name in BASELINES else globals()[name]()
+            except Exception as exc:  # noqa: BLE001 - one broken path must not void the others
+                log(f"skipping {name}: {exc}")
+                SELECTED.remove(name)
         log(f"paths ready after {time.perf_counter() - began:.0f} s; measuring {', '.join(SELECTED)} at "
             f"concurrency {CONCURRENCY}, {ROUNDS} rounds x {SECONDS:g} s")
         runs: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in CONCURRENCY} for name in SELECTED}
@@ -390,8 +411,13 @@ def main() -> int:
     finally:
         sampler.stop.set()
         for process in baselines.values():
+            if process is None:
+                continue
             process.terminate()
-            process.wait(10)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
         if started_stack:
             subprocess.run([sys.executable, str(REPO_ROOT / "scripts/stack.py"), "down"], env=ENV, stdout=sys.stderr)
     report["conditions"] = {

@@ -23,7 +23,7 @@ import numpy as np
 
 from training import DEFAULT_DATA_DIR, DEFAULT_MODEL_REPOSITORY, MODEL_NAME, REPO_ROOT
 from training.data import DataError, Sample, load_dataset, split_contiguous
-from training.metrics import ImageResult, evaluate, format_markdown, match_detections, pr_curve
+from training.metrics import ImageResult, clean_nan, evaluate, format_markdown, match_detections, pr_curve
 
 
 def latest_version(repo: Path) -> int:
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{latency * 1000:.1f} ms\n\n" + format_markdown(metrics, "Metrics") + ("\n![PR curve](pr_curve.png)\n" if plotted else "")
     )
     (out / "report.md").write_text(md, encoding="utf-8")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n", encoding="utf-8")
+    (out / "metrics.json").write_text(json.dumps(clean_nan(metrics), indent=2) + "\n", encoding="utf-8")
     print(md)
     print(f"written: {out / 'report.md'}")
     return 0

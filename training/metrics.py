@@ -195,7 +195,8 @@ def evaluate(
                 }
         tp_sum = sum(p["tp"] for p in prfs)
         fp_sum = sum(p["fp"] for p in prfs)
-        prec = tp_sum / max(tp_sum + fp_sum, 1)
+        # No ground truth and no detection in a slice: precision is undefined, not 0.
+        prec = tp_sum / (tp_sum + fp_sum) if (tp_sum + fp_sum) else (float("nan") if n_gt_total == 0 else 0.0)
         rec = tp_sum / n_gt_total if n_gt_total else float("nan")
         out["slices"][slice_name] = {
             "n_gt": n_gt_total,
@@ -203,7 +204,7 @@ def evaluate(
             "ap50_95": float(np.mean(ap_all)) if ap_all else float("nan"),
             "precision": prec,
             "recall": rec,
-            "f1": 2 * prec * rec / (prec + rec) if n_gt_total and (prec + rec) > 0 else 0.0,
+            "f1": 2 * prec * rec / (prec + rec) if n_gt_total and (prec + rec) > 0 else (float("nan") if n_gt_total == 0 else 0.0),
             "tp": tp_sum,
             "fp": fp_sum,
         }
@@ -231,3 +232,14 @@ def format_markdown(metrics: dict, title: str = "Validation metrics") -> str:
         for c, m in metrics["per_class"].items():
             lines.append(f"| {c} | {m['ap50']:.3f} | {m['ap50_95']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def clean_nan(obj):  # type: ignore[no-untyped-def]
+    """JSON has no NaN: metrics of empty slices become null."""
+    if isinstance(obj, dict):
+        return {k: clean_nan(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_nan(v) for v in obj]
+    if isinstance(obj, float) and obj != obj:
+        return None
+    return obj

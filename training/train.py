@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-export", action="store_true", help="train and evaluate only")
     p.add_argument("--triton", default=env("TRITON_RELOAD_GRPC"), metavar="HOST:PORT",
                    help="after export, ask this running Triton (gRPC) to load the new version")
+    p.add_argument("--registry", default=None, metavar="PATH",
+                   help="model registry JSON that records the new version "
+                        "(default $MODEL_REGISTRY_PATH or governance/model_registry.json)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -321,7 +324,7 @@ def train(args: argparse.Namespace) -> Path | None:  # noqa: PLR0915 - one reada
     log.info("stopped after %d epochs (%s), best epoch %d", epoch, stop_reason, best["epoch"])
     model.set_weights(best["weights"])
     final = evaluate_detector(detector, val_s, ds.class_names)  # chooses the operating threshold
-    from training.metrics import format_markdown
+    from training.metrics import clean_nan, format_markdown
 
     print(format_markdown(final, f"Validation metrics (best epoch {best['epoch']})"), flush=True)
     if args.no_export:
@@ -343,7 +346,7 @@ def train(args: argparse.Namespace) -> Path | None:  # noqa: PLR0915 - one reada
         "hyperparameters": {
             k: (list(v) if isinstance(v, tuple) else v)
             for k, v in vars(args).items()
-            if k not in ("verbose", "no_export", "triton")
+            if k not in ("verbose", "no_export", "triton", "registry")
         }
         | {"augment": vars(aug_cfg), "box_loss_weight": BOX_LOSS_WEIGHT},
         "backbone_weights": weights or "none",
@@ -355,12 +358,19 @@ def train(args: argparse.Namespace) -> Path | None:  # noqa: PLR0915 - one reada
             "total_seconds": round(time.time() - t_start, 1),
             "history": history,
         },
-        "validation_metrics": _clean_nan(final),
+        "validation_metrics": clean_nan(final),
         "operating_threshold": final["threshold"],
         "score_floor": 0.05,
     }
-    vdir = write_version(detector, Path(args.output), _clean_nan(metadata), version=args.version)
+    vdir = write_version(detector, Path(args.output), clean_nan(metadata), version=args.version)
     print(f"exported {vdir}", flush=True)
+    # Registered before Triton may serve it: the adapter refuses any version whose files
+    # do not match the registry's hash. Retraining a version in place supersedes its entry.
+    from governance.model_registry import ModelRegistry
+
+    registry = ModelRegistry(args.registry)
+    model_id = registry.register_model(vdir, force=args.version is not None)
+    print(f"registered {model_id} in the model registry {registry.registry_path}", flush=True)
     if args.triton:
         reload_triton(args.triton)
     return vdir
@@ -377,17 +387,6 @@ def reload_triton(address: str) -> None:
         print(f"Triton at {address} reloaded {MODEL_NAME}", flush=True)
     except Exception as e:  # noqa: BLE001 - the export itself succeeded; just say so
         print(f"warning: could not reload {MODEL_NAME} on Triton at {address}: {e}", file=sys.stderr)
-
-
-def _clean_nan(obj):  # type: ignore[no-untyped-def]
-    """JSON has no NaN: metrics of empty slices become null."""
-    if isinstance(obj, dict):
-        return {k: _clean_nan(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clean_nan(v) for v in obj]
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    return obj
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ SERVICE_NAME = "model-serving"
 FULL_SERVICE_NAME = "modelserving.ModelServing"
 # Default: the operating threshold chosen on validation data for the shipped model
 # (operating_threshold in model_repository/car_detector/1/model_metadata.json).
-CONFIDENCE_THRESHOLD = config.env_float("CONFIDENCE_THRESHOLD", 0.45)
+CONFIDENCE_THRESHOLD = config.env_float("CONFIDENCE_THRESHOLD", 0.5)
 HEALTH_PROBE_INTERVAL_S = config.env_float("HEALTH_PROBE_INTERVAL_S", 2.0)
 
 log = setup_logging(SERVICE_NAME)

@@ -34,9 +34,19 @@ def version_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp / "repo"
     (repo / "car_detector" / "3").mkdir(parents=True)  # an older version: the new one must be 4
     rc = main(["--data", str(data), "--output", str(repo), "--backbone-weights", "none", "--input-size", "64x64",
-               "--batch-size", "2", "--steps-per-epoch", "1", "--max-epochs", "1", "--val-fraction", "0.2"])
+               "--batch-size", "2", "--steps-per-epoch", "1", "--max-epochs", "1", "--val-fraction", "0.2",
+               "--registry", str(tmp / "registry.json")])
     assert rc == 0
     return repo / "car_detector" / "4"
+
+
+def test_the_new_version_is_registered_with_its_hash(version_dir: Path) -> None:
+    from governance.model_registry import ModelRegistry
+
+    registry = ModelRegistry(version_dir.parent.parent.parent / "registry.json")
+    entry = registry.get_latest_version("car_detector")
+    assert entry is not None and str(entry["version"]) == "4"
+    assert len(entry["sha256"]) == 64
 
 
 def test_version_dir_contents(version_dir: Path) -> None:
