@@ -258,7 +258,7 @@ def explain() -> Response:
     if upload is None:
         raise ApiError(400, "missing file field 'image'")
     try:
-        threshold = float(request.args.get("threshold", config.env_float("CONFIDENCE_THRESHOLD", 0.4)))
+        threshold = float(request.args.get("threshold", config.CONFIDENCE_THRESHOLD))
     except ValueError:
         raise ApiError(400, "threshold must be a number between 0.05 and 1") from None
     if not 0.05 <= threshold <= 1.0:

@@ -164,7 +164,7 @@ def _matched_score(box: Sequence[float], label: str, boxes: np.ndarray, scores: 
 # --------------------------------------------------------------------------- explanation
 
 
-def explain_image(data: bytes, threshold: float = 0.4, grid: tuple[int, int] = DEFAULT_GRID,
+def explain_image(data: bytes, threshold: float = 0.5, grid: tuple[int, int] = DEFAULT_GRID,
                   infer: InferFn | None = None, batch_size: int = BATCH_SIZE,
                   max_detections: int = MAX_EXPLAINED, guard: bool = True) -> Explanation:
     infer = infer or default_infer()

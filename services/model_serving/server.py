@@ -28,9 +28,6 @@ from services.proto import model_serving_pb2_grpc as pb_grpc
 
 SERVICE_NAME = "model-serving"
 FULL_SERVICE_NAME = "modelserving.ModelServing"
-# Default: the operating threshold chosen on validation data for the shipped model
-# (operating_threshold in model_repository/car_detector/1/model_metadata.json).
-CONFIDENCE_THRESHOLD = config.env_float("CONFIDENCE_THRESHOLD", 0.5)
 HEALTH_PROBE_INTERVAL_S = config.env_float("HEALTH_PROBE_INTERVAL_S", 2.0)
 
 log = setup_logging(SERVICE_NAME)
@@ -73,7 +70,7 @@ class ModelServingServicer(pb_grpc.ModelServingServicer):
         except ImageRejected as exc:
             log.info("image rejected: %s", exc.message, extra={"event.action": "predict", "event.outcome": "failure", **user})
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
-        threshold = request.min_confidence if request.min_confidence > 0 else CONFIDENCE_THRESHOLD
+        threshold = request.min_confidence if request.min_confidence > 0 else config.CONFIDENCE_THRESHOLD
         try:
             inference = self.detector.detect(image.model_bytes, request_id, threshold)
         except ModelRejected as exc:
