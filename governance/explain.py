@@ -3,7 +3,7 @@
 For one image: the model's detections are computed once on the original file; then
 the image is cut into a grid (12 x 8 cells by default) and, for each cell, a copy
 with that cell painted in the image's mean colour is sent to Triton (in batches of
-16, with one un-occluded re-encoded reference). A detection's saliency in a cell is
+8, with one un-occluded re-encoded reference). A detection's saliency in a cell is
 how much its score drops when that cell is hidden (score of the best same-class box
 with IoU >= 0.5 to the original box, else 0). Large drops mark the pixels the
 detection depends on.
@@ -32,7 +32,8 @@ from services.common.images import check_image
 
 DEFAULT_GRID = (12, 8)            # columns x rows
 MAX_CELLS = 192                   # bound on the inferences one explanation may cost
-BATCH_SIZE = config.env_int("EXPLAIN_BATCH_SIZE", 16)
+# At most the model's max_batch_size (8 in config.pbtxt; the contract guarantees >= 8).
+BATCH_SIZE = config.env_int("EXPLAIN_BATCH_SIZE", 8)
 MAX_EXPLAINED = config.env_int("EXPLAIN_MAX_DETECTIONS", 5)
 MATCH_IOU = 0.5
 JPEG_QUALITY = 95

@@ -250,7 +250,7 @@ def test_explain_returns_per_detection_saliency_and_a_heatmap(stack, http):
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["method"] == "occlusion sensitivity" and body["grid"]["columns"] == 12 and body["grid"]["rows"] == 8
-    assert body["inferences"] == 98 and body["batches"] == 7 and body["detections"]
+    assert body["inferences"] == 98 and body["batches"] == 13 and body["detections"]
     assert len(body["detections"]) == min(5, len(detected))
     for explained in body["detections"]:
         assert {"class_name", "confidence", "bbox", "saliency"} <= set(explained)

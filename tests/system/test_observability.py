@@ -18,7 +18,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -28,6 +27,7 @@ import requests
 import yaml
 
 from tests.conftest import REPO_ROOT, frame, headers
+from tests.logstash_listener import Listener
 
 SERVICES = ("gateway", "feature-service", "model-serving", "results-service")
 OBS = REPO_ROOT / "observability"
@@ -211,48 +211,6 @@ def test_metrics_need_the_token_and_expose_histograms(stack, http, traced):
 
 
 # --- shipping to Logstash, from a separate service process ---------------------------------------------
-
-class Listener:
-    """A TCP listener standing in for Logstash's tcp/json_lines input; `read=False` accepts
-    connections and never reads them (a stalled Logstash)."""
-
-    def __init__(self, read: bool = True) -> None:
-        self.server = socket.socket()
-        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if not read:
-            self.server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.server.bind(("127.0.0.1", 0))
-        self.server.listen(16)
-        self.port = self.server.getsockname()[1]
-        self.read, self.data, self.connections = read, bytearray(), []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self.server.accept()
-            except OSError:
-                return
-            self.connections.append(connection)
-            if self.read:
-                threading.Thread(target=self._read, args=(connection,), daemon=True).start()
-
-    def _read(self, connection: socket.socket) -> None:
-        while chunk := self._recv(connection):
-            self.data.extend(chunk)
-
-    @staticmethod
-    def _recv(connection: socket.socket) -> bytes:
-        try:
-            return connection.recv(65536)
-        except OSError:
-            return b""
-
-    def close(self) -> None:
-        for connection in self.connections:
-            connection.close()
-        self.server.close()
-
 
 class ShippingService:
     """A feature-service gunicorn of its own (1 worker), logging to `logstash_port`."""

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
 import time
 
 import pytest
 
 from services.common import logs, metrics, pseudonym
+from tests.logstash_listener import Listener
 
 
 class ListHandler(logging.Handler):
@@ -37,51 +37,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-class Listener:
-    """A TCP server collecting newline-delimited bytes (or, if stalled, never reading)."""
-
-    def __init__(self, port: int = 0, read: bool = True) -> None:
-        self.server = socket.socket()
-        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.server.bind(("127.0.0.1", port))
-        self.server.listen(8)
-        self.port = self.server.getsockname()[1]
-        self.read = read
-        self.data = bytearray()
-        self.connections: list[socket.socket] = []
-        self.closed = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.closed.is_set():
-            try:
-                connection, _ = self.server.accept()
-            except OSError:
-                return
-            self.connections.append(connection)
-            if self.read:
-                threading.Thread(target=self._read, args=(connection,), daemon=True).start()
-
-    def _read(self, connection: socket.socket) -> None:
-        while True:
-            try:
-                chunk = connection.recv(65536)
-            except OSError:
-                return
-            if not chunk:
-                return
-            self.data.extend(chunk)
-
-    def lines(self) -> list[dict]:
-        return [json.loads(line) for line in bytes(self.data).split(b"\n") if line]
-
-    def close(self) -> None:
-        self.closed.set()
-        for connection in self.connections:
-            connection.close()
-        self.server.close()
 
 
 def shipper(port: int, name: str, **kwargs) -> tuple[logging.Logger, logs.LogstashShipper, ListHandler]:
