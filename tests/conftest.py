@@ -9,10 +9,12 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pytest
@@ -101,11 +103,25 @@ def http() -> requests.Session:
     return requests.Session()
 
 
-def free_port() -> str:
+def free_port() -> int:
     """A port nothing listens on now, for an extra service a test starts itself."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return str(probe.getsockname()[1])
+        return probe.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 15.0, interval: float = 0.2) -> Any:
+    """Poll `condition` until it returns something truthy (returned) or `timeout` seconds
+    pass (False). A condition that raises, e.g. on a refused connection, counts as not yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = condition()
+        except Exception:
+            result = False
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(interval)
 
 
 def headers(role: str, **extra: str) -> dict[str, str]:

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import REPO_ROOT, frame, headers
+from tests.conftest import REPO_ROOT, free_port, frame, headers, wait_until
 from tests.logstash_listener import Listener
 
 SERVICES = ("gateway", "feature-service", "model-serving", "results-service")
@@ -52,23 +51,12 @@ def field(event: dict, dotted: str):
     return None
 
 
-def wait_until(condition, timeout: float = 15.0, step: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(step)
 
 
 def metrics_token(stack) -> str:
     return stack.env.get("METRICS_TOKEN") or (stack.var_dir / "secrets" / "metrics_token").read_text().strip()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def detect(stack, http, user_id: str, request_id: str):
@@ -229,7 +217,7 @@ class ShippingService:
              "-b", f"127.0.0.1:{self.port}", "services.feature_service.app:app"],
             cwd=REPO_ROOT, env=environment, stdout=self.stdout.open("wb"), stderr=self.stderr.open("wb"))
         self.url = f"http://127.0.0.1:{self.port}"
-        ok = wait_until(lambda: self._healthy(), timeout=60, step=0.5)
+        ok = wait_until(lambda: self._healthy(), timeout=60, interval=0.5)
         if not ok:
             self.stop()
             pytest.fail(f"shipping test service did not start:\n{self.stderr.read_text()[-2000:]}")

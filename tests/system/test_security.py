@@ -27,7 +27,7 @@ import requests
 import yaml
 from PIL import Image
 
-from tests.conftest import KEYS, REPO_ROOT, frame, headers
+from tests.conftest import KEYS, REPO_ROOT, free_port, frame, headers, wait_until
 from tests.images import encode, open_frame
 
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
@@ -37,22 +37,8 @@ INTERNAL_MARKERS = ("Traceback", 'File "', "/work/", ".py\"", "127.0.0.1", "loca
 
 # --------------------------------------------------------------------------- helpers
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
-def wait_until(probe, timeout_s: float = 60.0, interval_s: float = 0.3) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if probe():
-                return True
-        except Exception:
-            pass
-        time.sleep(interval_s)
-    return False
 
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:

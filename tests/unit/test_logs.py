@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import time
 
 import pytest
 
 from services.common import logs, metrics, pseudonym
+from tests.conftest import free_port, wait_until
 from tests.logstash_listener import Listener
 
 
@@ -33,10 +33,6 @@ def notice_logger(name: str) -> tuple[logging.Logger, ListHandler]:
     return logger, captured
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def shipper(port: int, name: str, **kwargs) -> tuple[logging.Logger, logs.LogstashShipper, ListHandler]:
@@ -51,13 +47,6 @@ def shipper(port: int, name: str, **kwargs) -> tuple[logging.Logger, logs.Logsta
     return logger, handler, captured
 
 
-def wait_for(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def test_events_reach_logstash_as_json_lines_with_ecs_fields():
@@ -69,7 +58,7 @@ def test_events_reach_logstash_as_json_lines_with_ecs_fields():
             logger.info("event %d", index, extra={"event.action": "unit", "user.hash": "abc"})
     finally:
         logs.request_id_var.reset(token)
-    assert wait_for(lambda: len(listener.lines()) == 20)
+    assert wait_until(lambda: len(listener.lines()) == 20)
     first = listener.lines()[0]
     assert first["service"]["name"] == "svc-ok" and first["trace"]["id"] == "req-ship-1"
     assert first["log.level"] == "info" and first["ecs.version"] and first["@timestamp"]
@@ -87,7 +76,7 @@ def test_refused_connection_costs_the_caller_nothing_and_is_reported_once():
         logger.info("event %d", index)
     elapsed = time.perf_counter() - started
     assert elapsed < 2.0, f"2000 log calls took {elapsed:.2f}s with Logstash down"
-    assert wait_for(lambda: any("unavailable" in r.getMessage() for r in notices.records))
+    assert wait_until(lambda: any("unavailable" in r.getMessage() for r in notices.records))
     time.sleep(2.5)  # a few reconnection attempts
     for index in range(200):
         logger.info("more %d", index)
@@ -98,8 +87,8 @@ def test_refused_connection_costs_the_caller_nothing_and_is_reported_once():
 
     # Logstash comes up on that port: the queued events go out, recovery is reported once.
     listener = Listener(port)
-    assert wait_for(lambda: len(listener.lines()) >= 50, timeout=40)
-    assert wait_for(lambda: any("reachable again" in r.getMessage() for r in notices.records))
+    assert wait_until(lambda: len(listener.lines()) >= 50, timeout=40)
+    assert wait_until(lambda: any("reachable again" in r.getMessage() for r in notices.records))
     handler.close()
     listener.close()
 
@@ -114,7 +103,7 @@ def test_stalled_listener_never_blocks_the_caller():
         logger.info("big %d %s", index, payload)
         worst = max(worst, time.perf_counter() - started)
     assert worst < 0.5, f"one log call took {worst:.2f}s against a stalled Logstash"
-    assert wait_for(lambda: any("unavailable" in r.getMessage() for r in notices.records), timeout=15)
+    assert wait_until(lambda: any("unavailable" in r.getMessage() for r in notices.records), timeout=15)
     assert handler.dropped > 0
     messages = [r.getMessage() for r in notices.records]
     assert sum("unavailable" in m for m in messages) == 1, messages
