@@ -660,7 +660,7 @@ def _fmt(value: Any) -> str:
 
 def report_to_markdown(report: dict[str, Any], plots: dict[str, Path]) -> str:
     usage, comp, perf = report["usage"], report["compliance"], report["performance"]
-    lines = [f"# Audit report — car detection system", "",
+    lines = ["# Audit report — car detection system", "",
              f"Generated {report['generated_at']} · database {report['database']} · period {usage['period']['days']} days "
              f"({usage['period']['from']} → {usage['period']['to']})", "",
              "## 1. Usage", "",

@@ -124,6 +124,32 @@ def wait_until(condition: Callable[[], Any], timeout: float = 15.0, interval: fl
         time.sleep(interval)
 
 
+def gunicorn_command(app: str, port: int) -> list[str]:
+    """How the stack runs an HTTP service, for an extra instance a test starts itself."""
+    return [str(REPO_ROOT / ".venv" / "bin" / "gunicorn"), "-c", "services/common/gunicorn_conf.py",
+            "-b", f"127.0.0.1:{port}", app]
+
+
+@pytest.fixture(scope="module")
+def sqlite_results(stack: Stack) -> Iterator[tuple[str, Path]]:
+    """A second results service without DATABASE_URL, on the embedded SQLite default:
+    (its URL, its database file)."""
+    var, port = stack.var_dir / f"sqlite-results-{uuid.uuid4().hex[:8]}", free_port()
+    var.mkdir(parents=True)
+    env = {k: v for k, v in stack.env.items() if k != "DATABASE_URL"}
+    env.update(VAR_DIR=str(var), PYTHONPATH=str(REPO_ROOT))
+    with open(var / "results-service.log", "w") as log:
+        process = subprocess.Popen(gunicorn_command("services.results_service.app:app", port),
+                                   cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    if not wait_until(lambda: requests.get(f"{url}/ready", timeout=1).status_code == 200, timeout=60):
+        process.kill()
+        pytest.fail(f"the SQLite results service did not start:\n{(var / 'results-service.log').read_text()[-2000:]}")
+    yield url, var / "results.db"
+    process.terminate()
+    process.wait(10)
+
+
 def headers(role: str, **extra: str) -> dict[str, str]:
     return {"X-API-Key": KEYS[role], **extra}
 

@@ -28,34 +28,6 @@ from tests.conftest import REPO_ROOT, frame, headers
 from tests.system.test_results_service import record
 
 TABLES = ("predictions", "feedback", "audit_events")
-SQLITE_PORT = "15013"
-
-
-@pytest.fixture(scope="module")
-def sqlite_results(stack):
-    """A results service of its own on the embedded SQLite default (no DATABASE_URL)."""
-    var = stack.var_dir / "sqlite-governance"
-    env = {k: v for k, v in stack.env.items() if k != "DATABASE_URL"}
-    env.update(VAR_DIR=str(var), PYTHONPATH=str(REPO_ROOT), GUNICORN_WORKERS="1")
-    process = subprocess.Popen(
-        [str(REPO_ROOT / ".venv/bin/gunicorn"), "-c", "services/common/gunicorn_conf.py",
-         "-b", f"127.0.0.1:{SQLITE_PORT}", "services.results_service.app:app"],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{SQLITE_PORT}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if requests.get(f"{url}/ready", timeout=5).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline or process.poll() is not None:
-            process.kill()
-            pytest.fail("the SQLite results service did not start")
-        time.sleep(0.3)
-    yield url, var / "results.db"
-    process.terminate()
-    process.wait(10)
 
 
 def detect(stack, http, user_id: str, role: str = "client", image: str = "vid_4_1000.jpg") -> dict:

@@ -25,7 +25,7 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import REPO_ROOT, free_port, frame, headers, wait_until
+from tests.conftest import REPO_ROOT, free_port, frame, gunicorn_command, headers, wait_until
 from tests.logstash_listener import Listener
 
 SERVICES = ("gateway", "feature-service", "model-serving", "results-service")
@@ -212,9 +212,7 @@ class ShippingService:
                        "LOGSTASH_HOST": "127.0.0.1", "LOGSTASH_PORT": str(logstash_port),
                        "PSEUDONYM_KEY": "shipping-test-key", **env}
         self.process = subprocess.Popen(
-            [str(REPO_ROOT / ".venv" / "bin" / "gunicorn"), "-c", "services/common/gunicorn_conf.py",
-             "--logger-class", "services.common.logs.GunicornLogger",
-             "-b", f"127.0.0.1:{self.port}", "services.feature_service.app:app"],
+            gunicorn_command("services.feature_service.app:app", self.port),
             cwd=REPO_ROOT, env=environment, stdout=self.stdout.open("wb"), stderr=self.stderr.open("wb"))
         self.url = f"http://127.0.0.1:{self.port}"
         ok = wait_until(lambda: self._healthy(), timeout=60, interval=0.5)

@@ -2,42 +2,10 @@
 (the stack's instance) and the embedded SQLite file (a second instance)."""
 from __future__ import annotations
 
-import sqlite3
-import subprocess
-import time
 import uuid
 
 import pytest
 import requests
-
-from tests.conftest import REPO_ROOT, free_port
-
-
-@pytest.fixture(scope="module")
-def sqlite_results(stack):
-    """A second results service, without DATABASE_URL: the embedded SQLite default."""
-    var, port = stack.var_dir / "sqlite-results", free_port()
-    env = {k: v for k, v in stack.env.items() if k != "DATABASE_URL"}
-    env.update(VAR_DIR=str(var), PYTHONPATH=str(REPO_ROOT))
-    var.mkdir(parents=True, exist_ok=True)
-    log = open(var / "results-service.log", "w")
-    process = subprocess.Popen(
-        [str(REPO_ROOT / ".venv/bin/gunicorn"), "-c", "services/common/gunicorn_conf.py",
-         "-b", f"127.0.0.1:{port}", "services.results_service.app:app"],
-        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            if requests.get(f"{url}/ready", timeout=1).status_code == 200:
-                break
-        except requests.RequestException:
-            time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail("the SQLite results service did not start")
-    yield url, var / "results.db"
-    process.terminate()
-    process.wait(10)
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

@@ -24,10 +24,9 @@ from urllib.parse import quote
 import grpc
 import pytest
 import requests
-import yaml
 from PIL import Image
 
-from tests.conftest import KEYS, REPO_ROOT, free_port, frame, headers, wait_until
+from tests.conftest import KEYS, REPO_ROOT, free_port, frame, gunicorn_command, headers, wait_until
 from tests.images import encode, open_frame
 
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
@@ -505,8 +504,7 @@ def test_rate_limit_holds_across_gunicorn_workers(stack, tmp_path):
         "API_KEYS": stack.env["API_KEYS"], "PSEUDONYM_KEY": stack.env["PSEUDONYM_KEY"],
         "FEATURE_SERVICE_URL": stack.url("FEATURE_PORT"), "RESULTS_SERVICE_URL": stack.url("RESULTS_PORT"),
         "MODEL_SERVING_ADDR": stack.adapter, "GATEWAY_PORT": str(port)})
-    process = spawn([str(VENV_BIN / "gunicorn"), "-c", "services/common/gunicorn_conf.py", "-b", f"127.0.0.1:{port}",
-                     "gateway.app:app"], env, tmp_path / "gateway.log")
+    process = spawn(gunicorn_command("gateway.app:app", port), env, tmp_path / "gateway.log")
     url = f"http://127.0.0.1:{port}"
     try:
         assert wait_until(lambda: requests.get(f"{url}/health", timeout=1).status_code == 200, 60), \
@@ -539,8 +537,7 @@ def test_rate_limits_survive_redis_being_down(tmp_path):
         "RATE_LIMIT": "5 per minute", "RATELIMIT_STORAGE_URI": f"redis://127.0.0.1:{free_port()}/0",
         "API_KEYS": f"{KEYS['dpo']}:dpo", "FEATURE_SERVICE_URL": "http://127.0.0.1:9",
         "RESULTS_SERVICE_URL": "http://127.0.0.1:9", "MODEL_SERVING_ADDR": "127.0.0.1:9"})
-    process = spawn([str(VENV_BIN / "gunicorn"), "-c", "services/common/gunicorn_conf.py", "-b", f"127.0.0.1:{port}",
-                     "gateway.app:app"], env, tmp_path / "gateway.log")
+    process = spawn(gunicorn_command("gateway.app:app", port), env, tmp_path / "gateway.log")
     url = f"http://127.0.0.1:{port}"
     try:
         assert wait_until(lambda: requests.get(f"{url}/health", timeout=1).status_code == 200, 60), \
@@ -636,8 +633,7 @@ def test_tls_hop_to_a_feature_service(dev_certs, tmp_path, monkeypatch):
     called by the gateway's own client verifying against TLS_CA_FILE."""
     port = free_port()
     env = base_env(tmp_path / "var", TLS_CERT_FILE=str(dev_certs / "server.pem"), TLS_KEY_FILE=str(dev_certs / "server.key"))
-    process = spawn([str(VENV_BIN / "gunicorn"), "-c", "services/common/gunicorn_conf.py", "-b", f"127.0.0.1:{port}",
-                     "services.feature_service.app:app"], env, tmp_path / "feature.log")
+    process = spawn(gunicorn_command("services.feature_service.app:app", port), env, tmp_path / "feature.log")
     url = f"https://127.0.0.1:{port}"
     ca = str(dev_certs / "ca.pem")
     try:
@@ -704,8 +700,7 @@ def test_internal_token_guards_an_internal_service_when_configured(tmp_path, mon
     port = free_port()
     env = base_env(tmp_path / "var", INTERNAL_TOKEN="internal-token-for-this-test-0123456789")
     env.pop("DATABASE_URL", None)  # its own SQLite file
-    process = spawn([str(VENV_BIN / "gunicorn"), "-c", "services/common/gunicorn_conf.py", "-b", f"127.0.0.1:{port}",
-                     "services.results_service.app:app"], env, tmp_path / "results.log")
+    process = spawn(gunicorn_command("services.results_service.app:app", port), env, tmp_path / "results.log")
     url = f"http://127.0.0.1:{port}"
     try:
         assert wait_until(lambda: requests.get(f"{url}/ready", timeout=1).status_code == 200, 60), \
