@@ -56,8 +56,15 @@ app = create_app(SERVICE_NAME, ready_checks={
 log = app.logger
 
 
+def _caller() -> Principal | None:
+    """The key's principal, identified once per request (the limiter and the role check both ask)."""
+    if "caller" not in g:
+        g.caller = keyring.identify(request.headers.get("X-API-Key"))
+    return g.caller
+
+
 def _rate_key() -> str:
-    principal = keyring.identify(request.headers.get("X-API-Key"))
+    principal = _caller()
     return principal.client_id if principal else f"ip:{request.remote_addr}"
 
 
@@ -81,7 +88,7 @@ def require(*roles: str) -> Callable:
     def decorator(view: Callable) -> Callable:
         @wraps(view)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            principal = keyring.identify(request.headers.get("X-API-Key"))
+            principal = _caller()
             if principal is None:
                 raise ApiError(401, "missing or unknown API key (header X-API-Key)",
                                {"WWW-Authenticate": 'ApiKey header="X-API-Key"'})
