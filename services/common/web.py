@@ -6,6 +6,8 @@ headers, one ECS access-log line per request, and `/health` and `/ready`.
 """
 from __future__ import annotations
 
+import hmac
+import os
 import re
 import time
 import uuid
@@ -60,17 +62,12 @@ def internal_token() -> str | None:
     """The optional service-to-service token (`INTERNAL_TOKEN` or `INTERNAL_TOKEN_FILE`).
     When set, the feature and results services require it in `X-Internal-Token` and the
     gateway sends it; unset, they rely on network isolation (docs/reliability.md)."""
-    import os
-
     if os.environ.get("INTERNAL_TOKEN", "").strip() or os.environ.get("INTERNAL_TOKEN_FILE", "").strip():
         return config.secret("INTERNAL_TOKEN")
     return None
 
 
-def _internal_caller_ok() -> bool:
-    import hmac
-
-    expected = internal_token()
+def _internal_caller_ok(expected: str | None) -> bool:
     if expected is None or request.path in _OPEN_PATHS:
         return True
     presented = request.headers.get(INTERNAL_TOKEN_HEADER, "")
@@ -135,6 +132,7 @@ def create_app(service_name: str, ready_checks: dict[str, Callable[[], None]] | 
     app.config["MAX_CONTENT_LENGTH"] = config.MAX_UPLOAD_BYTES + 64 * 1024
     app.json.sort_keys = False
     checks = ready_checks or {}
+    expected_token = internal_token() if internal else None  # read once, not per request
     metrics.instrument(app, service_name)  # request metrics and an authenticated /metrics
 
     @app.before_request
@@ -147,7 +145,7 @@ def create_app(service_name: str, ready_checks: dict[str, Callable[[], None]] | 
             return json_error(400, f"{REQUEST_ID_HEADER} must be 1-128 characters from A-Z a-z 0-9 . _ : -")
         g.request_id = incoming or uuid.uuid4().hex
         request_id_var.set(g.request_id)
-        if internal and not _internal_caller_ok():
+        if internal and not _internal_caller_ok(expected_token):
             return json_error(401, f"missing or wrong {INTERNAL_TOKEN_HEADER} (internal service)")
         return None
 
