@@ -126,12 +126,37 @@ def _single_field(name: str, source: Any) -> Any:
     return values[0]
 
 
+class ImageRefused(ApiError):
+    """The feature service's verdict on an image that passed the gateway's header check."""
+
+
+def _error_of(answer: Any) -> str:
+    try:
+        return str(answer.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        return "the image could not be decoded"
+
+
 def _features_of(image: bytes, request_id: str) -> dict | None:
     answer = features.call("POST", "/preprocess?include_image=false", request_id, data=image,
                            headers={"Content-Type": "application/octet-stream"})
+    if answer.status_code in (400, 413, 415):  # the one full decode in Python refused the image
+        raise ImageRefused(answer.status_code, _error_of(answer))
     if answer.status_code != 200:
         raise unavailable("the feature service")
     return answer.json()["features"]
+
+
+def _features_or_none(pending: Any) -> dict | None:
+    """Features are for monitoring: if the feature service is down the detection is still
+    served and stored, and the gap is logged. Its refusal of the image is final."""
+    try:
+        return pending.result()
+    except ImageRefused:
+        raise
+    except ApiError:
+        log.warning("features unavailable; serving detections without them", extra={"event.action": "detect"})
+        return None
 
 
 @app.post("/api/detect")
@@ -144,20 +169,21 @@ def detect() -> tuple[Response, int]:
         raise ApiError(400, "missing file field 'image'")
     user_id = check_user_id(_single_field("user_id", request.form))
     data = upload.read()
-    image = check_image(data)
+    # Headers only (size, format, pixel bomb): the pixels are decoded by the feature service
+    # and by the model, each refusing a corrupt file, so decoding here too would be a third time.
+    image = check_image(data, decode=False)
     request_id = g.request_id
     context = request_id_var.get()
 
-    # Features are for monitoring: if the feature service is down the detection
-    # is still served and stored, and the gap is logged.
     results.ensure_available()  # storage known down: 503 now, not after an inference
     feature_future = fan_out.submit(_in_context, context, _features_of, data, request_id)
-    prediction = model.predict(image.model_bytes, user_id, request_id)
     try:
-        image_features = feature_future.result()
-    except ApiError:
-        log.warning("features unavailable; serving detections without them", extra={"event.action": "detect"})
-        image_features = None
+        prediction = model.predict(image.model_bytes, user_id, request_id)
+    except ApiError as refused:
+        if refused.status < 500:
+            _features_or_none(feature_future)  # the feature service's words for a bad image, when it has them
+        raise
+    image_features = _features_or_none(feature_future)
     detections = [MessageToDict(d, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
                   for d in prediction.detections]
     stored = results.call("POST", "/predictions", request_id, json={

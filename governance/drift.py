@@ -68,14 +68,15 @@ def psi(expected: list[float], actual: list[float]) -> float:
 
 def build_baseline(data_dir: str | Path) -> dict[str, Any]:
     from services.common.images import check_image
-    from services.feature_service.features import extract_features
+    from services.feature_service.features import ANALYSIS_SIDE, extract_features
     from training.data import load_dataset, split_contiguous
 
     dataset = load_dataset(data_dir)
     train, _ = split_contiguous(dataset.samples)
     rows = []
     for sample in train:
-        rows.append(extract_features(check_image(sample.path.read_bytes())))
+        # Decoded as the feature service decodes a detection's frame (reduced scale).
+        rows.append(extract_features(check_image(sample.path.read_bytes(), analysis_side=ANALYSIS_SIDE)))
     features = {}
     for name in NUMERIC_FEATURES:
         values = np.array([float(r[name]) for r in rows], dtype=np.float64)

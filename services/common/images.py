@@ -5,6 +5,12 @@ the header (format and pixel count, so a decompression bomb is refused before a
 single pixel is decoded), then a full decode (so a truncated file is refused
 instead of half-processed). Unusual but valid images (CMYK, 16-bit, palette,
 alpha, EXIF-rotated) are normalised to the RGB picture a person would see.
+
+Decoding is the expensive part, so a request's pixels are decoded once in Python:
+the gateway and the gRPC adapter check headers only (`decode=False`) and pass the
+file on unchanged; the feature service decodes it (at the reduced scale its
+statistics need, `analysis_side`) and the model decodes it in its graph, and each
+refuses a truncated or corrupt file with a 400 of its own.
 """
 from __future__ import annotations
 
@@ -37,23 +43,25 @@ class ImageRejected(ValueError):
 
 @dataclass(frozen=True)
 class CheckedImage:
-    rgb: Image.Image          # decoded, EXIF orientation applied, RGB
+    rgb: Image.Image | None   # decoded, EXIF orientation applied, RGB (None: headers only); may be scaled down
     model_bytes: bytes        # what to send to the model: the original file when it can read it
     format: str               # format of the upload (JPEG, PNG, ...)
     mode: str                 # colour mode of the upload (RGB, CMYK, I;16, ...)
     byte_size: int
-
-    @property
-    def width(self) -> int:
-        return self.rgb.width
-
-    @property
-    def height(self) -> int:
-        return self.rgb.height
+    width: int                # of the upright image at full size, whatever `rgb`'s scale
+    height: int
 
 
-def check_image(data: bytes, max_bytes: int | None = None, max_pixels: int | None = None) -> CheckedImage:
-    """Validate and decode an uploaded image, or raise ImageRejected naming the problem."""
+def check_image(data: bytes, max_bytes: int | None = None, max_pixels: int | None = None, *,
+                decode: bool = True, analysis_side: int | None = None) -> CheckedImage:
+    """Validate and decode an uploaded image, or raise ImageRejected naming the problem.
+
+    decode=False checks the size and the header only, for a caller that passes the file on
+    to stages that decode it anyway; an image the model cannot read as it is (CMYK, 16-bit,
+    EXIF-rotated, GIF, ...) is still decoded, to re-encode it. analysis_side: a JPEG may be
+    decoded scaled down by 2, 4 or 8 (libjpeg's DCT scaling, several times cheaper; every
+    byte is still read, so truncation is still caught) as long as its longer side stays
+    >= analysis_side; `rgb` is then that smaller picture."""
     max_bytes = config.MAX_UPLOAD_BYTES if max_bytes is None else max_bytes
     max_pixels = config.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     if not data:
@@ -84,24 +92,36 @@ def check_image(data: bytes, max_bytes: int | None = None, max_pixels: int | Non
         raise ImageRejected(
             f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels} pixels", 413
         )
+    fmt, mode = image.format, image.mode
+    orientation = _orientation(image)
+    if orientation in (5, 6, 7, 8):  # a quarter turn: the upright picture is taller than wide
+        width, height = height, width
+    native = (fmt, mode) in MODEL_NATIVE and orientation in (0, 1)
+    if native and not decode:
+        return CheckedImage(rgb=None, model_bytes=data, format=fmt, mode=mode, byte_size=len(data),
+                            width=width, height=height)
+    if analysis_side and native and fmt == "JPEG":
+        scale = analysis_side / max(image.size)
+        image.draft(image.mode, (max(1, int(image.width * scale)), max(1, int(image.height * scale))))
     try:
         image.load()
     except Exception as exc:
-        raise ImageRejected(f"corrupt or truncated {image.format} image: {exc}") from None
-    fmt, mode = image.format, image.mode
-    try:
-        oriented = ImageOps.exif_transpose(image)
-    except Exception:  # a broken EXIF block should not cost the user the picture
-        oriented = image
-    rotated = _has_orientation(image)
+        raise ImageRejected(f"corrupt or truncated {fmt} image: {exc}") from None
+    oriented = image
+    if orientation not in (0, 1):
+        try:
+            oriented = ImageOps.exif_transpose(image)
+        except Exception:  # a broken EXIF block should not cost the user the picture
+            oriented = image
     rgb = _to_rgb(oriented)
-    if (fmt, mode) in MODEL_NATIVE and not rotated:
+    if native:
         model_bytes = data
     else:
         buffer = io.BytesIO()
         rgb.save(buffer, format="PNG", compress_level=1)
         model_bytes = buffer.getvalue()
-    return CheckedImage(rgb=rgb, model_bytes=model_bytes, format=fmt, mode=mode, byte_size=len(data))
+    return CheckedImage(rgb=rgb, model_bytes=model_bytes, format=fmt, mode=mode, byte_size=len(data),
+                        width=width, height=height)
 
 
 _MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF", b"BM": "BMP",
@@ -115,11 +135,13 @@ def _sniff(data: bytes) -> str | None:
     return next((name for magic, name in _MAGIC.items() if data.startswith(magic)), None)
 
 
-def _has_orientation(image: Image.Image) -> bool:
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright; 0 or absent count as upright)."""
     try:
-        return image.getexif().get(0x0112, 1) not in (0, 1)
+        value = image.getexif().get(0x0112, 1)
+        return value if isinstance(value, int) and 0 <= value <= 8 else 1
     except Exception:
-        return False
+        return 1
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -19,7 +19,7 @@ from PIL import Image
 from services.common import config
 from services.common.images import check_image
 from services.common.web import ApiError, create_app, json_body
-from services.feature_service.features import extract_features
+from services.feature_service.features import ANALYSIS_SIDE, extract_features
 
 SERVICE_NAME = "feature-service"
 # The detector's input size; the model-ready image is the frame resized to it.
@@ -60,10 +60,13 @@ def _wants_image() -> bool:
 @app.post("/preprocess")
 def preprocess() -> Response:
     started = time.perf_counter()
-    image = check_image(_uploaded_bytes())
+    wants_image = _wants_image()
+    data = _uploaded_bytes()
+    # Features alone need only a reduced-scale decode; the model-ready image needs every pixel.
+    image = check_image(data, analysis_side=None if wants_image else ANALYSIS_SIDE)
     features = extract_features(image)
     body: dict = {"request_id": g.request_id, "features": features}
-    if _wants_image():
+    if wants_image:
         resized = image.rgb.resize((MODEL_INPUT_WIDTH, MODEL_INPUT_HEIGHT), Image.Resampling.BILINEAR)
         buffer = io.BytesIO()
         resized.save(buffer, format="JPEG", quality=95)

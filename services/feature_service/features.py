@@ -1,7 +1,9 @@
 """Image features for monitoring data drift (not for the model itself).
 
-Computed on a copy of at most 320 px on its longer side: the statistics barely
-move with scale and the cost stays flat whatever the upload's size.
+Computed on the image scaled down by the largest power of two (at most 8) that keeps
+its longer side >= 320 px (676x380 frames: 338x190): the statistics barely move with
+scale and the cost stays flat whatever the upload's size. A JPEG is decoded at that
+scale directly (check_image's analysis_side); anything else is box-filtered down.
 
 | feature          | meaning                                                        |
 |------------------|----------------------------------------------------------------|
@@ -25,10 +27,20 @@ from services.common.images import CheckedImage
 ANALYSIS_SIDE = 320
 
 
+def analysis_image(rgb: Image.Image) -> Image.Image:
+    """`rgb` divided by the largest power of two <= 8 that keeps its longer side >= ANALYSIS_SIDE."""
+    factor = 1
+    while factor < 8 and max(rgb.size) // (factor * 2) >= ANALYSIS_SIDE:
+        factor *= 2
+    return rgb.reduce(factor) if factor > 1 else rgb
+
+
 def extract_features(image: CheckedImage) -> dict[str, float | int | str]:
-    small = image.rgb.copy()
-    small.thumbnail((ANALYSIS_SIDE, ANALYSIS_SIDE), Image.Resampling.BILINEAR)
-    rgb = np.asarray(small, dtype=np.float32)
+    """Monitoring features of a decoded image (check_image with analysis_side=ANALYSIS_SIDE
+    decodes a JPEG at the right scale already; a full-size decode gives the same scale)."""
+    if image.rgb is None:
+        raise ValueError("extract_features needs a decoded image (check_image with decode=True)")
+    rgb = np.asarray(analysis_image(image.rgb), dtype=np.float32)
     red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     luma = 0.299 * red + 0.587 * green + 0.114 * blue
     laplacian = (

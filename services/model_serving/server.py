@@ -1,6 +1,7 @@
 """gRPC model-serving adapter: the seed's `ModelServing` API over Triton.
 
-It validates the image (so a bad one is INVALID_ARGUMENT, not INTERNAL), asks
+It validates the image (so a bad one is INVALID_ARGUMENT, not INTERNAL: size, format
+and pixel count here, the pixels themselves where Triton decodes them), asks
 Triton for detections through one reused channel, filters them at the
 configured confidence, and reports the model version Triton actually used.
 Also serves the standard `grpc.health.v1` Health service, kept in step with
@@ -66,7 +67,8 @@ class ModelServingServicer(pb_grpc.ModelServingServicer):
     def _predict(self, request: pb.PredictionRequest, request_id: str, context: grpc.ServicerContext) -> pb.PredictionResponse:
         user = {"user.hash": hash_user_id(request.user_id)} if request.user_id else {}
         try:
-            image = check_image(request.image_data)
+            # Headers only: Triton decodes the pixels and refuses a corrupt file (ModelRejected below).
+            image = check_image(request.image_data, decode=False)
         except ImageRejected as exc:
             log.info("image rejected: %s", exc.message, extra={"event.action": "predict", "event.outcome": "failure", **user})
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)

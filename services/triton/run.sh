@@ -63,6 +63,10 @@ LIBS="$SITE/nvidia_pytriton.libs"
 export LD_LIBRARY_PATH="$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PATH="$VENV/bin:$PATH"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+# TensorFlow turns its oneDNN kernels on by itself only on CPUs with AVX-512 VNNI/BF16/AMX;
+# on AVX2-only CPUs (many AMD EPYC hosts) it falls back to Eigen, which costs this model
+# ~35 % more CPU per image (docs/performance.md). On everywhere; set 0 to compare.
+export TF_ENABLE_ONEDNN_OPTS="${TF_ENABLE_ONEDNN_OPTS:-1}"
 export PYTHONDONTWRITEBYTECODE=1  # honoured by tools started here; the stub ignores it
 
 # shellcheck disable=SC2086  # TRITON_EXTRA_ARGS is a list of flags on purpose

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import time
 from pathlib import Path
 
 import grpc
@@ -130,7 +131,7 @@ def test_deprecation_rewrites_the_version_policy(repo):
 
 def test_serving_guard(repo, monkeypatch):
     vdir = make_version(repo, 1)
-    guard = ServingGuard()
+    guard = ServingGuard(recheck_s=0)
     assert guard.refusal("1") is None  # no registry yet: unverified, served with a warning
     assert ServingGuard(strict=True).refusal("1") is not None
     ModelRegistry().register_model(vdir)
@@ -140,6 +141,17 @@ def test_serving_guard(repo, monkeypatch):
     assert reason and "does not match its registered hash" in reason and "model.py" in reason
     make_version(repo, 2)
     assert guard.refusal("2") is None and ServingGuard(strict=True).refusal("2")
+
+
+def test_the_serving_guard_looks_at_the_files_again_after_its_interval(repo):
+    vdir = make_version(repo, 1)
+    ModelRegistry().register_model(vdir)
+    guard = ServingGuard(recheck_s=0.3)
+    assert guard.refusal("1") is None
+    (vdir / "model.py").write_text("tampered\n")
+    assert guard.refusal("1") is None  # within the interval: the cached verdict, no file system walk
+    time.sleep(0.35)
+    assert "does not match its registered hash" in (guard.refusal("1") or "")
 
 
 # --- the adapter's refusal path, with a fake Triton --------------------------------------------
@@ -190,7 +202,7 @@ def test_the_adapter_refuses_a_tampered_version(repo):
 
     vdir = make_version(repo, 1)
     ModelRegistry().register_model(vdir)
-    servicer = ModelServingServicer(FakeDetector(), ServingGuard())
+    servicer = ModelServingServicer(FakeDetector(), ServingGuard(recheck_s=0))
     request = pb.PredictionRequest(request_id="r1", image_data=jpeg(), user_id="u")
     assert servicer.Predict(request, FakeContext()).model_version == "1"
     assert servicer.HealthCheck(pb.HealthCheckRequest(), FakeContext()).status == "SERVING"

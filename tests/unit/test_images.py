@@ -58,3 +58,56 @@ def test_the_size_limit():
 
 def test_one_pixel_and_alpha():
     assert check_image(encode(Image.new("RGBA", (1, 1), (0, 0, 0, 0)), "PNG")).rgb.getpixel((0, 0)) == (255, 255, 255)
+
+
+# --- decoding once: header-only checks and reduced-scale decoding ---------------------------
+
+def test_a_header_check_decodes_nothing_and_passes_the_file_on():
+    data = frame()
+    checked = check_image(data, decode=False)
+    assert checked.rgb is None and checked.model_bytes is data
+    assert (checked.width, checked.height, checked.format) == (676, 380, "JPEG")
+
+
+def test_a_header_check_leaves_a_truncated_file_to_the_decoders_but_refuses_bombs_and_foreign_files():
+    data, _ = hostile_uploads(frame())["truncated-jpeg"]
+    assert check_image(data, decode=False).model_bytes is data  # the feature service and the model refuse it
+    with pytest.raises(ImageRejected) as bomb:
+        check_image(png_bomb(), decode=False)
+    assert bomb.value.status == 413
+    with pytest.raises(ImageRejected) as foreign:
+        check_image(b"%PDF-1.4\n", decode=False)
+    assert foreign.value.status == 415
+
+
+@pytest.mark.parametrize("name", ["exif-rotated-jpeg", "cmyk-jpeg", "16bit-png", "gif"])
+def test_a_header_check_still_re_encodes_what_the_model_cannot_read(name):
+    checked = check_image(unusual_variants(frame())[name], decode=False)
+    reopened = Image.open(io.BytesIO(checked.model_bytes))
+    assert reopened.format == "PNG" and reopened.size == (checked.width, checked.height) == (676, 380)
+
+
+def test_a_quarter_turn_swaps_width_and_height_without_decoding():
+    rotated = Image.open(io.BytesIO(frame())).rotate(90, expand=True)  # 380 x 676 as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter: 676 x 380 upright
+    checked = check_image(encode(rotated, "JPEG", exif=exif.tobytes()), decode=False)
+    assert (checked.width, checked.height) == (676, 380)
+
+
+def test_a_jpeg_is_decoded_at_the_scale_the_features_need_and_still_fully_read():
+    checked = check_image(frame(), analysis_side=320)
+    assert checked.rgb.size == (338, 190) and (checked.width, checked.height) == (676, 380)
+    assert check_image(frame()).rgb.size == (676, 380)
+    with pytest.raises(ImageRejected, match="truncated"):
+        check_image(hostile_uploads(frame())["truncated-jpeg"][0], analysis_side=320)
+
+
+def test_features_barely_move_between_a_reduced_and_a_full_decode():
+    from services.feature_service.features import extract_features
+
+    reduced, full = extract_features(check_image(frame(), analysis_side=320)), extract_features(check_image(frame()))
+    assert reduced["width"] == full["width"] == 676
+    for name in ("brightness", "contrast", "saturation", "colourfulness"):
+        assert abs(reduced[name] - full[name]) <= 0.03 * abs(full[name]) + 0.01, (name, reduced[name], full[name])
+    assert abs(reduced["sharpness"] - full["sharpness"]) <= 0.05 * full["sharpness"]

@@ -1,0 +1,78 @@
+"""What one image costs the model on this CPU: wall time and CPU time per image of the
+exported SavedModel (the graph Triton runs), for TensorFlow's oneDNN kernels off and on
+and 1 or 2 intra-op threads, at batch 1 and 4.
+
+    python loadtest/model_cpu.py [--calls 12]
+
+Each variant runs in its own process (TensorFlow fixes both settings at start-up), one
+after the other; run it on a quiet machine. Tells whether TF_ENABLE_ONEDNN_OPTS=1 (set by
+services/triton/run.sh) pays here: TensorFlow turns oneDNN on by itself only on CPUs with
+AVX-512 VNNI/BF16 or AMX, so on AVX2-only hosts the default is the slower Eigen path.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("DATA_DIR", REPO_ROOT.parent / "shared/data/car-object-detection"))
+
+
+def latest_savedmodel() -> Path:
+    versions = [p for p in (REPO_ROOT / "model_repository/car_detector").iterdir() if p.name.isdigit()]
+    return max(versions, key=lambda p: int(p.name)) / "model.savedmodel"
+
+
+def measure(intra: int, calls: int) -> list[dict]:
+    """In this process (settings already in the environment): per-image wall and CPU ms."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(intra)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    serve = tf.saved_model.load(str(latest_savedmodel())).signatures["serving_default"]
+    frames = [p.read_bytes() for p in sorted((DATA_DIR / "testing_images").glob("*.jpg"))[::7][:8]]
+    rows = []
+    for batch in (1, 4):
+        images = tf.constant([frames[i % len(frames)] for i in range(batch)])
+        for _ in range(3):  # tracing and memory set-up are not the model's steady cost
+            serve(images=images)
+        before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        for _ in range(calls):
+            serve(images=images)
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        rows.append({"batch": batch, "wall_ms_per_image": round(1000 * wall / calls / batch, 1),
+                     "cpu_ms_per_image": round(1000 * cpu / calls / batch, 1)})
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=12, help="timed calls per batch size")
+    parser.add_argument("--child", nargs=1, type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child[0], args.calls)))
+        return 0
+    print("| oneDNN | intra-op threads | batch | wall ms / image | CPU ms / image |")
+    print("|---|---:|---:|---:|---:|")
+    for onednn in ("0", "1"):
+        for intra in (1, 2):
+            env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn, "TF_CPP_MIN_LOG_LEVEL": "2"}
+            run = subprocess.run([sys.executable, __file__, "--calls", str(args.calls), "--child", str(intra)],
+                                 env=env, capture_output=True, text=True, check=True)
+            for row in json.loads(run.stdout.strip().splitlines()[-1]):
+                print(f"| {'on' if onednn == '1' else 'off'} | {intra} | {row['batch']} | "
+                      f"{row['wall_ms_per_image']} | {row['cpu_ms_per_image']} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
