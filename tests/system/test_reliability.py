@@ -456,12 +456,20 @@ def test_feature_service_down_still_serves_detections(stack, http):
     """Features are monitoring data: without the feature service detections are still
     served and stored (features null), and the gap is logged."""
     user = f"no-features-{uuid.uuid4().hex[:8]}"
+    truncated = frame()[: len(frame()) // 2]
     with stopped(stack, "feature-service"):
         answers = [detect(stack, user, f"{user}-{i}", timeout=TIMEOUT_S + 5) for i in range(6)]
+        # The gateway only reads headers; with the feature service away, the model's own
+        # decoder is what refuses a truncated file, and nothing is stored.
+        refused = requests.post(f"{stack.gateway}/api/detect", timeout=TIMEOUT_S + 5,
+                                headers=headers("client", **{"X-Request-ID": f"{user}-truncated"}),
+                                files={"image": ("frame.jpg", truncated, "image/jpeg")}, data={"user_id": user})
     for answer in answers:
         assert answer.status_code == 201, answer.text
         assert answer.json()["features"] is None and answer.json()["detections"]
     assert stored_ids(stack, [a.json()["request_id"] for a in answers]) == {a.json()["request_id"] for a in answers}
+    assert refused.status_code == 400 and "image" in refused.json()["error"], refused.text
+    assert not stored_ids(stack, [f"{user}-truncated"])
     record_figures("feature_service_down", {"requests": len(answers), "status": 201, "features": None,
                                             "latency_ms": [round(a.elapsed.total_seconds() * 1000, 1) for a in answers]})
 

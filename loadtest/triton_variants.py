@@ -1,0 +1,146 @@
+"""Triton configurations side by side: instance count and TensorFlow intra-op threads.
+
+    python loadtest/triton_variants.py [2x2 1x2 2x1 ...]
+
+Each variant NxT (N instances, T intra-op threads each) gets its own Triton process on its
+own ports, serving the same model version from a copy of config.pbtxt that differs only
+in those two numbers (per-batch logging off in all). Triton direct over gRPC is then
+measured at concurrency 1, 4 and 16 (BENCH_CONCURRENCY), interleaved round by round
+(BENCH_ROUNDS x BENCH_SECONDS, as loadtest/bench.py), and the resident memory of each
+variant's stub processes is reported after the load. Prints a Markdown table; writes
+$VAR_DIR/bench/triton_variants.json. The stack need not be running; its ports are not used.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from loadtest import bench  # noqa: E402
+
+MODEL_DIR = REPO_ROOT / "model_repository" / "car_detector"
+BASE_PORT = int(os.environ.get("VARIANTS_BASE_PORT", "38000"))
+
+
+def variant_repository(name: str, count: int, intra: int, root: Path) -> Path:
+    """A model repository whose config differs from the shipped one in count and threads only."""
+    model = root / name / "car_detector"
+    if model.parent.exists():
+        shutil.rmtree(model.parent)
+    model.mkdir(parents=True)
+    config = (MODEL_DIR / "config.pbtxt").read_text()
+    config = re.sub(r"count: \d+", f"count: {count}", config, count=1)
+    config = re.sub(r'(key: "TF_INTRA_OP_THREADS" value: \{ string_value: )"\d+"', rf'\1"{intra}"', config)
+    config = re.sub(r'(key: "LOG_BATCHES" value: \{ string_value: )"\w+"', r'\1"false"', config)
+    (model / "config.pbtxt").write_text(config)
+    for entry in MODEL_DIR.iterdir():
+        if entry.name != "config.pbtxt":
+            (model / entry.name).symlink_to(entry)
+    return model.parent
+
+
+def start(repository: Path, http_port: int) -> subprocess.Popen:
+    env = {**os.environ, "MODEL_REPOSITORY": str(repository), "TRITON_HTTP_PORT": str(http_port),
+           "TRITON_GRPC_PORT": str(http_port + 1), "TRITON_METRICS_PORT": str(http_port + 2)}
+    log = open(repository / "triton.log", "w")
+    return subprocess.Popen([str(REPO_ROOT / "services/triton/run.sh")], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_ready(process: subprocess.Popen, http_port: int, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"Triton on port {http_port} exited with {process.returncode}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/models/car_detector/ready", timeout=2)
+            return
+        except Exception:
+            time.sleep(1)
+    raise RuntimeError(f"Triton on port {http_port} not ready after {timeout_s:.0f} s")
+
+
+def stub_rss_mb(process: subprocess.Popen) -> float:
+    total = 0
+    for child in psutil.Process(process.pid).children(recursive=True):
+        try:
+            if "triton_python_backend_stub" in " ".join(child.cmdline()):
+                total += child.memory_info().rss
+        except psutil.Error:
+            pass
+    return round(total / 2**20, 1)
+
+
+def main(argv: list[str]) -> int:
+    specs = argv or ["2x2", "1x2", "2x1"]
+    variants = []
+    for spec in specs:
+        match = re.fullmatch(r"(\d+)x(\d+)", spec)
+        if not match:
+            sys.exit(f"variant {spec!r}: expected NxT, e.g. 2x2 (N instances, T intra-op threads each)")
+        variants.append((spec, int(match[1]), int(match[2])))
+    root = Path(bench.ENV["VAR_DIR"]) / "triton-variants"
+    images = bench.frames()
+    processes: dict[str, subprocess.Popen] = {}
+    results: dict[str, dict] = {}
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    try:
+        factories = {}
+        for index, (name, count, intra) in enumerate(variants):
+            port = BASE_PORT + 10 * index
+            processes[name] = start(variant_repository(name, count, intra, root), port)
+        for index, (name, _, _) in enumerate(variants):
+            port = BASE_PORT + 10 * index
+            wait_ready(processes[name], port)
+            bench.ENV["TRITON_GRPC_PORT"] = str(port + 1)
+            factories[name] = bench.triton_direct()  # the client binds its port now
+        runs: dict[str, dict[int, list]] = {name: {c: [] for c in bench.CONCURRENCY} for name, _, _ in variants}
+        names = [name for name, _, _ in variants]
+        for concurrency in bench.CONCURRENCY:
+            for round_ in range(bench.ROUNDS):
+                for name in names if round_ % 2 == 0 else names[::-1]:
+                    run = bench.measure(factories[name], images, concurrency, bench.SECONDS)
+                    runs[name][concurrency].append(run)
+                    bench.log(f"  c={concurrency:<3} round {round_ + 1}  {name:5} "
+                              f"{len(run['latencies']) / run['wall_s']:7.2f} images/s  errors {len(run['errors'])}")
+        for name, count, intra in variants:
+            results[name] = {"instances": count, "intra_op_threads": intra, "stub_rss_mb": stub_rss_mb(processes[name]),
+                             "rows": [bench.summarise(runs[name][c], c) for c in bench.CONCURRENCY]}
+    finally:
+        for process in processes.values():
+            process.terminate()
+        for process in processes.values():
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    report = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu": bench.cpu_description(),
+              "cpu_count": os.cpu_count(), "tf_onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1"),
+              "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
+              "rounds": bench.ROUNDS, "seconds": bench.SECONDS, "variants": results}
+    header = " | ".join(f"c={c} images/s (p95 ms)" for c in bench.CONCURRENCY)
+    print(f"| instances x intra-op threads | {header} | stub RSS MB |")
+    print("|---|" + "---:|" * (len(bench.CONCURRENCY) + 1))
+    for name, result in results.items():
+        cells = " | ".join(f"{row['images_per_s']} ({row['p95_ms']})" for row in result["rows"])
+        print(f"| {name} | {cells} | {result['stub_rss_mb']} |")
+    print(f"\n{report['date']}, {report['cpu_count']} cores ({report['cpu']}, TF_ENABLE_ONEDNN_OPTS={report['tf_onednn']}), "
+          f"load {load_before} before, {report['load_after']} after, {bench.ROUNDS} interleaved rounds x {bench.SECONDS:g} s")
+    out = Path(bench.ENV["VAR_DIR"]) / "bench" / "triton_variants.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
