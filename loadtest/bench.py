@@ -265,18 +265,23 @@ def start_baseline(name: str) -> subprocess.Popen | None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def baseline(name: str, process: subprocess.Popen) -> Callable[[], Callable[[bytes], None]]:
-    port = BASELINES[name][1]
-    for _ in range(480):
+def wait_answering(process: subprocess.Popen, url: str, what: str, timeout_s: float = 120.0) -> None:
+    """Until `url` answers 2xx; RuntimeError if the process exits or time runs out first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the {name} process exited with {process.returncode}")
+            raise RuntimeError(f"the {what} process exited with {process.returncode}")
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-            break
+            urllib.request.urlopen(url, timeout=2)
+            return
         except Exception:
             time.sleep(0.25)
-    else:
-        raise RuntimeError(f"the {name} process did not answer on port {port}")
+    raise RuntimeError(f"the {what} process did not answer {url} within {timeout_s:.0f} s")
+
+
+def baseline(name: str, process: subprocess.Popen) -> Callable[[], Callable[[bytes], None]]:
+    port = BASELINES[name][1]
+    wait_answering(process, f"http://127.0.0.1:{port}/health", name)
     return _http_poster(f"http://127.0.0.1:{port}/predict", {}, {})
 
 

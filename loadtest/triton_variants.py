@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
@@ -57,19 +56,6 @@ def start(repository: Path, http_port: int) -> subprocess.Popen:
     return subprocess.Popen([str(REPO_ROOT / "services/triton/run.sh")], env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_ready(process: subprocess.Popen, http_port: int, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"Triton on port {http_port} exited with {process.returncode}")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/models/car_detector/ready", timeout=2)
-            return
-        except Exception:
-            time.sleep(1)
-    raise RuntimeError(f"Triton on port {http_port} not ready after {timeout_s:.0f} s")
-
-
 def stub_rss_mb(process: subprocess.Popen) -> float:
     total = 0
     for child in psutil.Process(process.pid).children(recursive=True):
@@ -101,7 +87,8 @@ def main(argv: list[str]) -> int:
             processes[name] = start(variant_repository(name, count, intra, root), port)
         for index, (name, _, _) in enumerate(variants):
             port = BASE_PORT + 10 * index
-            wait_ready(processes[name], port)
+            bench.wait_answering(processes[name], f"http://127.0.0.1:{port}/v2/models/car_detector/ready",
+                                 f"Triton {name}", timeout_s=300)
             bench.ENV["TRITON_GRPC_PORT"] = str(port + 1)
             factories[name] = bench.triton_direct()  # the client binds its port now
         runs: dict[str, dict[int, list]] = {name: {c: [] for c in bench.CONCURRENCY} for name, _, _ in variants}
