@@ -77,3 +77,12 @@ def test_markdown_has_the_table_and_the_verdicts() -> None:
     assert "| 4. Gateway end to end | 4 | 20.0 |" in text
     assert "| gateway p95 latency @c4 (ms) | 100.0 | <= 150 | PASS |" in text
     assert "load average [0.1, 0.2, 0.3] before" in text
+
+
+def test_a_latency_bound_the_model_alone_misses_is_called_out_of_reach() -> None:
+    rows = {"gateway": [_row(4, 10.0, p95=500.0)], "in_process": [_row(4, 16.0, p95=340.0)]}
+    verdict = {v["target"]: v for v in bench.verdicts({"results": rows})}["gateway p95 latency @c4 (ms)"]
+    assert verdict["verdict"].startswith("FAIL (out of this CPU's reach")
+    rows["in_process"] = [_row(4, 40.0, p95=95.0)]  # the model alone fits: the serving path is to blame
+    verdict = {v["target"]: v for v in bench.verdicts({"results": rows})}["gateway p95 latency @c4 (ms)"]
+    assert verdict["verdict"] == "FAIL"
