@@ -1,9 +1,9 @@
 """Image features for monitoring data drift (not for the model itself).
 
-Computed on the image scaled down by the largest power of two (at most 8) that keeps
-its longer side >= 320 px (676x380 frames: 338x190): the statistics barely move with
-scale and the cost stays flat whatever the upload's size. A JPEG is decoded at that
-scale directly (check_image's analysis_side); anything else is box-filtered down.
+Computed on the image scaled down by the largest power of two that keeps its longer
+side >= 320 px (676x380 frames: 338x190): the statistics barely move with scale and the
+cost stays flat whatever the upload's size. A JPEG is decoded at up to 1/8 of its size
+directly (check_image's analysis_side); the rest is box-filtered down.
 
 | feature          | meaning                                                        |
 |------------------|----------------------------------------------------------------|
@@ -28,9 +28,10 @@ ANALYSIS_SIDE = 320
 
 
 def analysis_image(rgb: Image.Image) -> Image.Image:
-    """`rgb` divided by the largest power of two <= 8 that keeps its longer side >= ANALYSIS_SIDE."""
+    """`rgb` divided by the largest power of two that keeps its longer side >= ANALYSIS_SIDE
+    (so between ANALYSIS_SIDE and twice that, unless it was smaller to begin with)."""
     factor = 1
-    while factor < 8 and max(rgb.size) // (factor * 2) >= ANALYSIS_SIDE:
+    while max(rgb.size) // (factor * 2) >= ANALYSIS_SIDE:
         factor *= 2
     return rgb.reduce(factor) if factor > 1 else rgb
 

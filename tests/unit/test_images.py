@@ -111,3 +111,13 @@ def test_features_barely_move_between_a_reduced_and_a_full_decode():
     for name in ("brightness", "contrast", "saturation", "colourfulness"):
         assert abs(reduced[name] - full[name]) <= 0.03 * abs(full[name]) + 0.01, (name, reduced[name], full[name])
     assert abs(reduced["sharpness"] - full["sharpness"]) <= 0.05 * full["sharpness"]
+
+
+def test_feature_cost_stays_flat_for_large_uploads():
+    from services.feature_service.features import analysis_image
+
+    big = encode(Image.open(io.BytesIO(frame())).resize((6760, 3800)), "JPEG", quality=80)
+    drafted = check_image(big, analysis_side=320).rgb
+    assert drafted.size == (845, 475)  # libjpeg's largest reduction, 1/8
+    assert analysis_image(drafted).size == (423, 238)
+    assert analysis_image(check_image(encode(Image.new("RGB", (6760, 3800)), "PNG")).rgb).size == (423, 238)
