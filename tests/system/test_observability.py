@@ -25,6 +25,7 @@ import pytest
 import requests
 import yaml
 
+from scripts.trace import get as field
 from tests.conftest import REPO_ROOT, free_port, frame, gunicorn_command, headers, wait_until
 from tests.logstash_listener import Listener
 
@@ -40,15 +41,6 @@ def log_dir(stack) -> Path:
 
 def events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(errors="replace").splitlines() if line.strip()]
-
-
-def field(event: dict, dotted: str):
-    if dotted in event:
-        return event[dotted]
-    head, _, rest = dotted.partition(".")
-    if rest and isinstance(event.get(head), dict):
-        return field(event[head], rest)
-    return None
 
 
 

@@ -11,6 +11,7 @@ import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from governance.explain import iou
 from services.proto import model_serving_pb2 as pb
 from services.proto import model_serving_pb2_grpc as pb_grpc
 from tests.conftest import DATA_DIR, frame, headers
@@ -20,14 +21,6 @@ def ground_truth(name: str) -> list[list[float]]:
     with open(DATA_DIR / "train_solution_bounding_boxes (1).csv", newline="") as handle:
         return [[float(row[k]) for k in ("xmin", "ymin", "xmax", "ymax")]
                 for row in csv.DictReader(handle) if (row.get("image_id") or row.get("image")) == name]
-
-
-def iou(a: list[float], b: list[float]) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def box(detection: dict) -> list[float]:
