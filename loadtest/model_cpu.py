@@ -21,25 +21,22 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("DATA_DIR", REPO_ROOT.parent / "shared/data/car-object-detection"))
-
-
-def latest_savedmodel() -> Path:
-    versions = [p for p in (REPO_ROOT / "model_repository/car_detector").iterdir() if p.name.isdigit()]
-    return max(versions, key=lambda p: int(p.name)) / "model.savedmodel"
+sys.path.insert(0, str(REPO_ROOT))
 
 
 def measure(intra: int, calls: int) -> list[dict]:
     """In this process (settings already in the environment): per-image wall and CPU ms."""
     import tensorflow as tf
 
+    from loadtest.bench import frames, latest_savedmodel  # the benchmark's model and frames
+
     tf.config.threading.set_intra_op_parallelism_threads(intra)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     serve = tf.saved_model.load(str(latest_savedmodel())).signatures["serving_default"]
-    frames = [p.read_bytes() for p in sorted((DATA_DIR / "testing_images").glob("*.jpg"))[::7][:8]]
+    files = frames(8)
     rows = []
     for batch in (1, 4):
-        images = tf.constant([frames[i % len(frames)] for i in range(batch)])
+        images = tf.constant([files[i % len(files)] for i in range(batch)])
         for _ in range(3):  # tracing and memory set-up are not the model's steady cost
             serve(images=images)
         before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
