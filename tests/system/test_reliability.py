@@ -25,7 +25,7 @@ import psycopg2
 import pytest
 import requests
 
-from services.common.resilience import CircuitBreaker, CircuitOpen
+from services.common.resilience import BREAKER_RESET_S, CircuitBreaker, CircuitOpen
 from services.proto import model_serving_pb2 as pb
 from services.proto import model_serving_pb2_grpc as pb_grpc
 from tests.conftest import REPO_ROOT, frame, headers
@@ -183,8 +183,13 @@ def ctl(stack, *args: str) -> str:
 
 
 def wait_stack_healthy(stack, timeout_s: float = 240.0) -> None:
-    """Every health check passes *and* a detect succeeds (the gateway's breakers may stay
-    open up to BREAKER_RESET_S after a dependency is back): the next test finds a working stack."""
+    """Every health check passes, every breaker's open period is over, *and* detects
+    succeed: the next test finds a working stack.
+
+    Breakers are per gunicorn worker and a worker's last failure (a /ready probe, say) may
+    come just before the dependency is back; canary detects can all land on another worker,
+    so waiting for them alone is not enough. After BREAKER_RESET_S every breaker is at
+    least half-open and its next call, a trial, finds the dependency up."""
     env = ctl_env(stack)
     deadline = time.monotonic() + timeout_s
     for name, probe in STACK.health_checks(env).items():
@@ -192,6 +197,7 @@ def wait_stack_healthy(stack, timeout_s: float = 240.0) -> None:
             if time.monotonic() > deadline:
                 pytest.fail(f"{name} did not become healthy again:\n{STACK.log_tail(env, name)}")
             time.sleep(0.5)
+    time.sleep(float(env.get("BREAKER_RESET_S", BREAKER_RESET_S)))
     for attempt in range(60):
         # several in a row: each gunicorn worker has its own breakers
         if all(detect(stack, "reliability-canary", f"canary-{uuid.uuid4().hex}", timeout=30).status_code == 201
