@@ -172,6 +172,9 @@ def explain_image(data: bytes, threshold: float = 0.5, grid: tuple[int, int] = D
     checked = check_image(data)
     rgb = checked.rgb
     width, height = rgb.size
+    # A cell must hold at least one pixel to occlude: a tiny image gets a coarser grid
+    # (the response's "grid" says which).
+    cols, rows = min(grid[0], width), min(grid[1], height)
     (original,), model_version = infer([checked.model_bytes])
     refusal = serving_guard().refusal(model_version) if guard else None
     if refusal:
@@ -181,7 +184,6 @@ def explain_image(data: bytes, threshold: float = 0.5, grid: tuple[int, int] = D
     detections = [{"class_name": labels[i], "confidence": round(float(scores[i]), 4),
                    "bbox": dict(zip(("x_min", "y_min", "x_max", "y_max"), (round(float(v), 1) for v in boxes[i])))}
                   for i in keep]
-    cols, rows = grid
     cells = grid_cells(width, height, cols, rows)
     body: dict[str, Any] = {
         "method": "occlusion sensitivity",

@@ -32,7 +32,7 @@ BOX_LOSS_WEIGHT = 5.0  # TTFNet's balance between focal and GIoU losses
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """'512x288' (width x height) -> (height, width)."""
+    """'352x192' (width x height) -> (height, width)."""
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=env("MODEL_REPOSITORY", str(DEFAULT_MODEL_REPOSITORY)),
                    help="Triton model repository root")
     p.add_argument("--version", type=int, default=None, help="version number to (re)write; default max+1")
-    p.add_argument("--input-size", type=parse_size, default=parse_size(env("INPUT_SIZE", "512x288")),
+    p.add_argument("--input-size", type=parse_size, default=parse_size(env("INPUT_SIZE", "352x192")),
                    help="network input WIDTHxHEIGHT (multiples of 32); keep the frames' aspect")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-epochs", type=int, default=80)

@@ -91,9 +91,9 @@ TRITON_GRPC_URL = env_str("TRITON_GRPC_URL", f"127.0.0.1:{TRITON_GRPC_PORT}")
 TRITON_MODEL_NAME = env_str("TRITON_MODEL_NAME", "car_detector")
 
 # Detections below this score are not returned by the adapter or explained by the gateway.
-# Default: the operating threshold chosen on validation data for the shipped model
-# (operating_threshold in model_repository/car_detector/1/model_metadata.json).
-CONFIDENCE_THRESHOLD = env_float("CONFIDENCE_THRESHOLD", 0.5)
+# Default: the operating threshold chosen on validation data for the served model
+# (operating_threshold in model_repository/car_detector/2/model_metadata.json; v1's was 0.50).
+CONFIDENCE_THRESHOLD = env_float("CONFIDENCE_THRESHOLD", 0.45)
 
 # Input limits, checked before any pixel is decoded.
 MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 10 * 1024 * 1024)

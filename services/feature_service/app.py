@@ -22,9 +22,10 @@ from services.common.web import ApiError, create_app, json_body
 from services.feature_service.features import ANALYSIS_SIDE, extract_features
 
 SERVICE_NAME = "feature-service"
-# The detector's input size; the model-ready image is the frame resized to it.
-MODEL_INPUT_WIDTH = config.env_int("MODEL_INPUT_WIDTH", 512)
-MODEL_INPUT_HEIGHT = config.env_int("MODEL_INPUT_HEIGHT", 288)
+# The served detector's input size (input_size in its model_metadata.json); the
+# model-ready image is the frame resized to it.
+MODEL_INPUT_WIDTH = config.env_int("MODEL_INPUT_WIDTH", 352)
+MODEL_INPUT_HEIGHT = config.env_int("MODEL_INPUT_HEIGHT", 192)
 
 app = create_app(SERVICE_NAME, openapi=Path(__file__).with_name("openapi.yaml"), internal=True)
 log = app.logger

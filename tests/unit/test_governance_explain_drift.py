@@ -56,6 +56,22 @@ def test_occlusion_finds_the_evidence_inside_the_box():
     assert image.format == "PNG" and image.size == (480, 240)
 
 
+def test_an_image_smaller_than_the_grid_is_explained_on_a_grid_it_can_fill():
+    seen: list[tuple[int, int]] = []
+
+    def sees_a_car_everywhere(images):
+        seen.extend(Image.open(io.BytesIO(data)).size for data in images)
+        return [(np.array([(0, 0, 3, 1)], np.float32), np.array([0.9], np.float32), ["car"]) for _ in images], "7"
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (3, 1), (200, 30, 30)).save(buffer, format="PNG")
+    body = explain_image(buffer.getvalue(), threshold=0.05, grid=(12, 8), infer=sees_a_car_everywhere,
+                         guard=False).body
+    assert body["grid"]["columns"] == 3 and body["grid"]["rows"] == 1
+    assert body["inferences"] == 1 + 1 + 3 and seen == [(3, 1)] * 5
+    assert len(body["detections"]) == 1 and len(body["detections"][0]["saliency"]["grid"]) == 1
+
+
 def test_nothing_to_explain_costs_one_inference():
     model = FakeModel()
     result = explain_image(road_image(), threshold=0.99, infer=model, guard=False)
