@@ -84,11 +84,12 @@ def build_model(
     if h % 32 or w % 32:
         raise ValueError(f"input size {w}x{h} must be a multiple of 32")
     layers = tf.keras.layers
-    inputs = tf.keras.Input((h, w, 3), name="image")
+    # Any spatial size (multiples of 32): training runs on patches, serving on whole frames.
+    inputs = tf.keras.Input((None, None, 3), name="image")
     # MobileNetV2 expects [-1, 1]; doing it in the graph keeps the serving path trivial.
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_unit_range")(inputs)
     backbone = tf.keras.applications.MobileNetV2(
-        input_shape=(h, w, 3), alpha=1.0, include_top=False, weights=backbone_weights
+        input_shape=(None, None, 3), alpha=1.0, include_top=False, weights=backbone_weights
     )
     if backbone_weights is not None:
         # Pretrained backbone: keep its BatchNorm frozen (inference mode, ImageNet statistics),
