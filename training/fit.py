@@ -133,7 +133,7 @@ class Trainer:
         self.tf, self.recipe, self.class_names = tf, recipe, class_names
         self.input_hw = tuple(recipe.input_hw)
         self.out_hw = tuple(recipe.patch_hw) if recipe.patch_hw else self.input_hw
-        self.model = build_model(self.input_hw, len(class_names), backbone_weights)
+        self.model = build_model(self.input_hw, len(class_names), backbone_weights, any_size=self.out_hw != self.input_hw)
         if init_from:
             copy_weights_from_savedmodel(self.model, init_from)
         self.detector = Detector(self.model, self.input_hw, class_names)
@@ -160,6 +160,17 @@ class Trainer:
             return loss, l_hm, l_box
 
         self.train_step = train_step
+
+    def export_detector(self):  # type: ignore[no-untyped-def]
+        """A Detector on a copy of the network fixed to the input size (what is exported)."""
+        from training.export import Detector
+        from training.model import build_model
+
+        if self.out_hw == self.input_hw:
+            return self.detector
+        fixed = build_model(self.input_hw, len(self.class_names), None)
+        fixed.set_weights(self.model.get_weights())
+        return Detector(fixed, self.input_hw, self.class_names)
 
     def reset(self) -> None:
         """Back to the initial weights with a fresh optimizer state (Adam's moments and step)."""

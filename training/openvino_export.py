@@ -3,8 +3,8 @@
 The IR takes the decoded uint8 RGB batch at the frame's own size [B, H, W, 3] and does in its
 graph what the SavedModel does after decoding: the same bilinear resize to the input size, the
 network, the sigmoid, the 3x3 max-pool peak picking and the distances-to-box conversion.
-Outputs: ``heat`` [B, h*w, C] (peak scores, 0 elsewhere) and ``boxes`` [B, h*w, 4] (x1, y1,
-x2, y2 in input pixels). Top-k, NMS and calibration stay in numpy (serving_runtime), where
+Outputs, named in the IR: ``heat`` [B, h*w, C] (peak scores, 0 elsewhere) and ``boxes``
+[B, h*w, 4] (x1, y1, x2, y2 in input pixels). Top-k, NMS and calibration stay in numpy (serving_runtime), where
 they cost little on at most 300 candidates and match the SavedModel's decode.
 
 INT8 ships only if, on the cross-validation blocks, it stays within ``INT8_TOLERANCE`` AP50
@@ -42,7 +42,8 @@ def network_function(detector):  # type: ignore[no-untyped-def]
         c = cell_centres(h // 8, w // 8)[None]
         boxes = tf.concat([c - ltrb[..., :2], c + ltrb[..., 2:]], axis=-1)
         b = tf.shape(heat)[0]
-        return {"heat": tf.reshape(heat, [b, -1, heat.shape[-1]]), "boxes": tf.reshape(boxes, [b, -1, 4])}
+        # A tuple, not a dict: the converted model keeps tuple order (dict outputs come out sorted).
+        return tf.reshape(heat, [b, -1, heat.shape[-1]]), tf.reshape(boxes, [b, -1, 4])
 
     return net
 
@@ -152,3 +153,23 @@ def add_openvino(detector, version_dir: Path, meta: dict, ordered: list, train_s
     }
     print(f"INT8 gate {'passed' if gate['passed'] else 'FAILED'}: {gate['drops']}; serving {meta['runtime']['serving']}",
           flush=True)
+    keep_reports(Path(version_dir), meta)
+
+
+def keep_reports(version_dir: Path, meta: dict) -> None:
+    """Copy the cross-validation report and plots into the version (hashed and registered with it)
+    and point the metadata at the copies, relative to the repository root."""
+    import shutil
+
+    from training import REPO_ROOT
+
+    final = version_dir.name.replace(".tmp-", "")  # write_version renames .tmp-<N> to <N>
+    refs = [(meta.get("crossval", {}), "report"), (meta.get("crossval", {}), "plot"), (meta.get("calibration", {}), "plot")]
+    for record, key in refs:
+        src = REPO_ROOT / str(record.get(key, ""))
+        if not record.get(key) or not src.is_file():
+            continue
+        (version_dir / "reports").mkdir(exist_ok=True)
+        shutil.copy2(src, version_dir / "reports" / src.name)
+        dst = version_dir.parent / final / "reports" / src.name
+        record[key] = os.path.relpath(dst, REPO_ROOT) if str(dst).startswith(str(REPO_ROOT)) else str(dst)

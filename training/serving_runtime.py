@@ -256,7 +256,7 @@ class OpenVinoDetector:
         for (h, w), idx in groups.items():
             batch = np.stack([images[i] for i in idx])
             out = self.request.infer({0: batch})
-            heat, boxes = out[self.compiled.output(0)], out[self.compiled.output(1)]
+            heat, boxes = out[self.compiled.output("heat")], out[self.compiled.output("boxes")]
             scale = np.array([w / self.input_wh[0], h / self.input_wh[1]], np.float32)
             for j, i in enumerate(idx):
                 results[i] = postprocess(heat[j], boxes[j], scale, np.array([w, h], np.float32), self.floor, self.calibration)

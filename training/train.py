@@ -149,7 +149,7 @@ def train(args: argparse.Namespace) -> Path | None:
         saved.parent.mkdir(parents=True, exist_ok=True)
         trainer.model.save_weights(str(saved))
         log.info("weights saved to %s", saved)
-    detector = trainer.detector
+    detector = trainer.export_detector()
     crossval = load_crossval(args.crossval, args.input_size, ds.fingerprint())
     calibration = (crossval or {}).get("calibration")
     detector.set_calibration(calibration)
