@@ -400,9 +400,11 @@ def request_triton_reload(name: str = DEFAULT_MODEL_NAME, timeout: float = 60.0)
     """Ask Triton to reload the model (explicit model control). Returns what happened."""
     import requests
 
+    from services.common.service_token import triton_admin_headers  # model control is restricted
+
     url = f"{triton_http_url()}/v2/repository/models/{name}/load"
     try:
-        answer = requests.post(url, timeout=timeout)
+        answer = requests.post(url, headers=triton_admin_headers(), timeout=timeout)
     except requests.RequestException:
         return f"Triton not reachable at {triton_http_url()}: the new policy applies when it next loads the model"
     if answer.status_code == 200:
@@ -420,8 +422,11 @@ def triton_ready_versions(name: str = DEFAULT_MODEL_NAME, timeout: float = 3.0) 
     """Versions Triton reports READY, or None if Triton is unreachable."""
     import requests
 
+    from services.common.service_token import triton_admin_headers
+
     try:
-        answer = requests.post(f"{triton_http_url()}/v2/repository/index", json={}, timeout=timeout)
+        answer = requests.post(f"{triton_http_url()}/v2/repository/index", json={}, headers=triton_admin_headers(),
+                               timeout=timeout)
         answer.raise_for_status()
     except requests.RequestException:
         return None

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psycopg2
 import pytest
 import requests
@@ -29,10 +30,17 @@ TEST_DB = "car_detection_test"
 KEYS = {"client": "client-a-key-0123456789", "client_b": "client-b-key-0123456789",
         "dpo": "dpo-key-0123456789", "admin": "admin-key-0123456789"}
 
+# The service token of every internal service (feature, results, adapter). The test
+# process is their operator: the stack and every service a test starts inherit it.
+INTERNAL_TOKEN = os.environ.setdefault("INTERNAL_TOKEN", "test-internal-token-" + uuid.uuid4().hex)
+INTERNAL_HEADERS = {"X-Internal-Token": INTERNAL_TOKEN}
+INTERNAL_METADATA = (("x-internal-token", INTERNAL_TOKEN),)
+
 PORTS = {
     "GATEWAY_PORT": "18080", "FEATURE_PORT": "15001", "RESULTS_PORT": "15002",
     "MODEL_SERVING_PORT": "15051", "TRITON_HTTP_PORT": "18000", "TRITON_GRPC_PORT": "18001",
     "TRITON_METRICS_PORT": "18002", "MODEL_SERVING_METRICS_PORT": "19151",
+    "REDIS_PORT": "16379",  # the stack's own password-protected Redis
 }
 
 
@@ -85,8 +93,8 @@ def stack() -> Iterator[Stack]:
         "API_KEYS": ",".join(f"{KEYS[name]}:{name.split('_')[0]}" for name in KEYS),
         "PSEUDONYM_KEY": "test-pseudonym-key-" + uuid.uuid4().hex,
         "RATE_LIMIT": "1000 per second",
-        "RATELIMIT_STORAGE_URI": "redis://127.0.0.1:6379/15",
     })
+    env.pop("RATELIMIT_STORAGE_URI", None)  # the stack runs its own Redis, with a password
     started = stack_command(env, "up")
     if started.returncode != 0:
         stack_command(env, "down")
@@ -100,7 +108,22 @@ def stack() -> Iterator[Stack]:
 
 @pytest.fixture(scope="session")
 def http() -> requests.Session:
-    return requests.Session()
+    """A client that holds the service token, as the gateway does: tests of an internal
+    service's own behaviour get past its token check (tests of the check use requests)."""
+    session = requests.Session()
+    session.headers.update(INTERNAL_HEADERS)
+    return session
+
+
+class _TokenMetadata(grpc.UnaryUnaryClientInterceptor):
+    def intercept_unary_unary(self, continuation: Callable, details: Any, request: Any) -> Any:
+        metadata = [*(details.metadata or ()), *INTERNAL_METADATA]
+        return continuation(details._replace(metadata=metadata), request)
+
+
+def adapter_channel(address: str, **options: Any) -> grpc.Channel:
+    """A channel to the gRPC adapter that presents the service token on every call."""
+    return grpc.intercept_channel(grpc.insecure_channel(address, **options), _TokenMetadata())
 
 
 def free_port() -> int:

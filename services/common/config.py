@@ -97,7 +97,14 @@ CONFIDENCE_THRESHOLD = env_float("CONFIDENCE_THRESHOLD", 0.45)
 
 # Input limits, checked before any pixel is decoded.
 MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
-MAX_IMAGE_PIXELS = env_int("MAX_IMAGE_PIXELS", 40_000_000)
+# Budget pixels: width x height, times 2 for alpha, 16/32-bit, float and CMYK modes
+# (services/common/images.py). 24 M: a 6000x4000 RGB photo, or 12 M pixels with alpha.
+MAX_IMAGE_PIXELS = env_int("MAX_IMAGE_PIXELS", 24_000_000)
+# Large decodes at once per process (each worker's memory bound, docs/reliability.md).
+DECODE_CONCURRENCY = env_int("DECODE_CONCURRENCY", 2)
+
+# /ready answers from a probe at most this old (seconds), per process.
+READY_CACHE_S = env_float("READY_CACHE_S", 1.0)
 
 # Budget of every internal call, so that a dead dependency costs a bounded wait.
 INTERNAL_TIMEOUT_S = env_float("INTERNAL_TIMEOUT_S", 10.0)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from services.proto import model_serving_pb2 as pb
 from services.proto import model_serving_pb2_grpc as pb_grpc
-from tests.conftest import REPO_ROOT, frame, headers
+from tests.conftest import INTERNAL_HEADERS, REPO_ROOT, adapter_channel, frame, headers
 from tests.system.test_results_service import record
 
 TABLES = ("predictions", "feedback", "audit_events")
@@ -147,12 +147,14 @@ def test_sqlite_erasure_of_predictions_and_feedback_leaves_no_residue(sqlite_res
     marker, comment = f"mk{uuid.uuid4().hex[:28]}", f"comment-{uuid.uuid4().hex}"
     user = f"residue-{uuid.uuid4().hex[:8]}"
     body = record(user_id=user, model_version=marker)
-    assert requests.post(f"{url}/predictions", json=body).status_code == 201
-    answer = requests.post(f"{url}/predictions/{body['request_id']}/feedback",
+    internal = requests.Session()  # holds the service token, as the gateway does
+    internal.headers.update(INTERNAL_HEADERS)
+    assert internal.post(f"{url}/predictions", json=body).status_code == 201
+    answer = internal.post(f"{url}/predictions/{body['request_id']}/feedback",
                            json={"correct": False, "reason": "wrong box", "comment": comment})
     assert answer.status_code == 201
-    assert requests.get(f"{url}/predictions/user/{user}").json()["feedback"][0]["comment"] == comment
-    erased = requests.delete(f"{url}/predictions/user/{user}").json()
+    assert internal.get(f"{url}/predictions/user/{user}").json()["feedback"][0]["comment"] == comment
+    erased = internal.delete(f"{url}/predictions/user/{user}").json()
     assert erased["deleted"] == 1 and erased["deleted_feedback"] == 1
     checked = 0
     for path in (db_file, db_file.with_name(db_file.name + "-wal")):
@@ -292,7 +294,7 @@ def test_a_real_adapter_refuses_a_tampered_version(stack, tmp_path):
                                     "MODEL_SERVING_METRICS_PORT": "15161"},
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with adapter_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.ModelServingStub(channel)
             for _ in range(100):
                 try:

@@ -28,7 +28,7 @@ import requests
 from services.common.resilience import BREAKER_RESET_S, CircuitBreaker, CircuitOpen
 from services.proto import model_serving_pb2 as pb
 from services.proto import model_serving_pb2_grpc as pb_grpc
-from tests.conftest import REPO_ROOT, frame, headers
+from tests.conftest import REPO_ROOT, adapter_channel, frame, headers
 from tests.images import png_bomb
 
 _spec = importlib.util.spec_from_file_location("stack_script", REPO_ROOT / "scripts" / "stack.py")
@@ -328,7 +328,7 @@ def wait_for(predicate, timeout_s: float, interval_s: float = 0.5) -> float | No
 # --------------------------------------------------------------------------- the gRPC adapter's limits
 
 def test_adapter_refuses_oversize_messages_and_bad_images_as_client_errors(stack):
-    with grpc.insecure_channel(stack.adapter, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]) as channel:
+    with adapter_channel(stack.adapter, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]) as channel:
         stub = pb_grpc.ModelServingStub(channel)
         with pytest.raises(grpc.RpcError) as oversize:
             stub.Predict(pb.PredictionRequest(request_id="too-big", image_data=b"\0" * (11 * 1024 * 1024)), timeout=30)

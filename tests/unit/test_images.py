@@ -117,7 +117,12 @@ def test_feature_cost_stays_flat_for_large_uploads():
     from services.feature_service.features import analysis_image
 
     big = encode(Image.open(io.BytesIO(frame())).resize((6760, 3800)), "JPEG", quality=80)
-    drafted = check_image(big, analysis_side=320).rgb
-    assert drafted.size == (845, 475)  # libjpeg's largest reduction, 1/8
+    drafted = check_image(big, max_pixels=40_000_000, analysis_side=320).rgb
+    # libjpeg's largest reduction (1/8, 845x475), then halved to the analysis scale
+    assert drafted.size == (423, 238)
     assert analysis_image(drafted).size == (423, 238)
-    assert analysis_image(check_image(encode(Image.new("RGB", (6760, 3800)), "PNG")).rgb).size == (423, 238)
+    assert analysis_image(check_image(encode(Image.new("RGB", (6760, 3800)), "PNG"), 10 << 20, 40_000_000).rgb).size \
+        == (423, 238)
+    # a PNG (no reduced-scale decode) is reduced right after decoding, before any conversion
+    rgba = encode(Image.new("RGBA", (3380, 1900), (10, 20, 30, 128)), "PNG")
+    assert check_image(rgba, analysis_side=320).rgb.size == (423, 238)
