@@ -228,7 +228,9 @@ class AuditReportGenerator:
         raw_id = f"audit-canary-{uuid.uuid4().hex}"
         request_id = f"audit-canary-{uuid.uuid4().hex}"
         marker = f"canary{uuid.uuid4().hex[:24]}"
-        headers = {"X-Actor-Role": "service", "X-Actor-Id": "governance-audit"}
+        from services.common.service_token import caller_headers
+
+        headers = {"X-Actor-Role": "service", "X-Actor-Id": "governance-audit", **caller_headers()}
         steps: dict[str, Any] = {"raw_id": raw_id, "request_id": request_id}
         base = self.results_url
         try:

@@ -45,3 +45,10 @@ def triton_admin_headers() -> dict[str, str]:
     local stack writes it; for operator tools (training, the model registry), never for
     the serving path."""
     return {TRITON_ADMIN_HEADER: config.secret("TRITON_ADMIN_KEY")}
+
+
+def caller_headers() -> dict[str, str]:
+    """The token header for an operator tool calling an internal service directly (e.g. the
+    audit's canary): from `INTERNAL_TOKEN`, `INTERNAL_TOKEN_FILE` or the local stack's
+    var/secrets/internal_token."""
+    return {INTERNAL_TOKEN_HEADER: config.secret("INTERNAL_TOKEN")}
