@@ -12,6 +12,7 @@ where things are.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -143,16 +144,20 @@ def _has_died(env: dict[str, str], name: str) -> bool:
 
 
 def _secret_file(env: dict[str, str], name: str) -> None:
-    """`NAME_FILE` for the services: a generated secret under var/secrets (mode 0600),
-    unless the environment already gives `NAME` or `NAME_FILE`."""
+    """`NAME_FILE` for the services: a secret generated under var/secrets on first start
+    (mode 0600, kept afterwards), unless the environment already gives `NAME` or `NAME_FILE`."""
     if env.get(name) or env.get(f"{name}_FILE"):
         return
-    sys.path.insert(0, str(REPO_ROOT))
-    os.environ["VAR_DIR"] = env["VAR_DIR"]
-    from services.common.config import secret
-
-    secret(name)  # generated on first start, kept afterwards
-    env[f"{name}_FILE"] = str(var_dir(env) / "secrets" / name.lower())
+    path = var_dir(env) / "secrets" / name.lower()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    env[f"{name}_FILE"] = str(path)
 
 
 def prepare_redis(env: dict[str, str]) -> str:

@@ -92,15 +92,13 @@ def check_image(data: bytes, max_bytes: int | None = None, max_pixels: int | Non
         claimed = _sniff(data)
         if claimed:
             raise ImageRejected(f"corrupt {claimed} image: its header cannot be read") from None
+        foreign = next((name for magic, name in _FOREIGN_MAGIC.items() if data.startswith(magic)), None)
+        what = f" ({foreign} by its signature)" if foreign else ""
         raise ImageRejected(
-            f"not a supported image: expected one of {', '.join(ACCEPTED_FORMATS)}", 415
+            f"not a supported image{what}: expected one of {', '.join(ACCEPTED_FORMATS)}", 415
         ) from None
     except Exception as exc:  # Pillow raises many types for hostile headers
         raise ImageRejected(f"unreadable image header: {exc}") from None
-    if image.format not in ACCEPTED_FORMATS:
-        raise ImageRejected(
-            f"unsupported image format {image.format}: expected one of {', '.join(ACCEPTED_FORMATS)}", 415
-        )
     width, height = image.size
     if width < 1 or height < 1:
         raise ImageRejected(f"image has no pixels ({width}x{height})")
@@ -208,6 +206,11 @@ def _reduce_for_analysis(image: Image.Image, side: int) -> Image.Image:
         return image
 
 
+# Named in the refusal of a foreign file, from its first bytes only (never parsed).
+_FOREIGN_MAGIC = {b"\x00\x00\x01\x00": "ICO", b"\x00\x00\x02\x00": "CUR", b"8BPS": "PSD", b"%PDF": "PDF",
+                  b"%!PS": "PostScript", b"PK\x03\x04": "ZIP", b"\x7fELF": "ELF", b"SIMPLE  =": "FITS",
+                  b"\xff\x4f\xff\x51": "JPEG 2000", b"\x00\x00\x00\x0cjP  ": "JPEG 2000", b"qoif": "QOI",
+                  b"DDS ": "DDS", b"icns": "ICNS"}
 _MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF", b"BM": "BMP",
           b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 

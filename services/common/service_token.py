@@ -36,15 +36,17 @@ def token_matches(presented: str | None, expected: str) -> bool:
 
 
 TRITON_ADMIN_HEADER = "triton-admin-key"
+# Triton's gRPC server expects a restricted protocol's key under this prefix.
+TRITON_GRPC_ADMIN_HEADER = "triton-grpc-protocol-" + TRITON_ADMIN_HEADER
 
 
-def triton_admin_headers() -> dict[str, str]:
-    """The header (HTTP) or metadata (gRPC) that opens Triton's restricted APIs (model
-    control, shared memory, trace, logging; services/triton/run.sh). The key comes from
-    `TRITON_ADMIN_KEY`, `TRITON_ADMIN_KEY_FILE` or var/secrets/triton_admin_key, where the
-    local stack writes it; for operator tools (training, the model registry), never for
-    the serving path."""
-    return {TRITON_ADMIN_HEADER: config.secret("TRITON_ADMIN_KEY")}
+def triton_admin_headers(grpc: bool = False) -> dict[str, str]:
+    """The HTTP header (or, grpc=True, the gRPC metadata) that opens Triton's restricted
+    APIs: model control, shared memory, trace, logging (services/triton/run.sh). The key
+    comes from `TRITON_ADMIN_KEY`, `TRITON_ADMIN_KEY_FILE` or var/secrets/triton_admin_key,
+    where the local stack writes it; for operator tools (training, the model registry),
+    never for the serving path."""
+    return {TRITON_GRPC_ADMIN_HEADER if grpc else TRITON_ADMIN_HEADER: config.secret("TRITON_ADMIN_KEY")}
 
 
 def caller_headers() -> dict[str, str]:

@@ -14,9 +14,10 @@
 #   TRITON_EXTRA_ARGS    extra flags appended verbatim
 #
 # Restricted APIs: model control (load/unload, repository index), shared-memory
-# registration, trace and log settings answer only requests carrying the header (or gRPC
-# metadata) `triton-admin-key: <key>`; health, metadata, model config, statistics and
-# inference stay open (notebooks, perf_analyzer). A model loaded through model control
+# registration, trace and log settings answer only requests carrying the key in the
+# header `triton-admin-key` (gRPC metadata: `triton-grpc-protocol-triton-admin-key`);
+# health, metadata, model config, statistics and inference stay open (notebooks,
+# perf_analyzer). A model loaded through model control
 # runs its python code, so that API is for the operator's tools only
 # (services/common/service_token.py: triton_admin_headers()). scripts/stack.py generates
 # the key into var/secrets; without one a random key nobody holds closes those APIs.

@@ -182,11 +182,13 @@ def test_triton_model_control_and_shared_memory_need_the_admin_key(stack):
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(stack.triton_grpc)
-    with pytest.raises(Exception) as refused:
-        client.load_model("car_detector")
-    assert "restricted" in str(refused.value).lower() or "permission" in str(refused.value).lower()
-    with pytest.raises(Exception):
-        client.register_system_shared_memory("probe", "/probe", 64)
+    for call in (lambda **kw: client.get_model_repository_index(**kw), lambda **kw: client.load_model("car_detector", **kw),
+                 lambda **kw: client.register_system_shared_memory("probe", "/probe", 64, **kw)):
+        with pytest.raises(Exception) as refused:
+            call()
+        assert "restricted" in str(refused.value).lower()
+    key = {"triton-grpc-protocol-triton-admin-key": triton_admin_key(stack)}
+    assert any(m.name == "car_detector" for m in client.get_model_repository_index(headers=key).models)
     image = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
     image.set_data_from_numpy(np.array([[frame()]], dtype=object))
     assert client.infer("car_detector", [image]).as_numpy("SCORES").size > 0  # inference: open
