@@ -14,7 +14,7 @@ import time
 import pytest
 import yaml
 
-from tests.conftest import KEYS, REPO_ROOT
+from tests.conftest import INTERNAL_TOKEN, KEYS, REPO_ROOT
 
 CHECKS = ",".join([
     "not_a_server_error", "status_code_conformance", "content_type_conformance",
@@ -24,8 +24,10 @@ CHECKS = ",".join([
 MAX_EXAMPLES = "25"  # per operation and phase: a few hundred requests per service, seconds each
 SERVICES = {
     "gateway": ("GATEWAY_PORT", REPO_ROOT / "gateway" / "openapi.yaml", ["-H", f"X-API-Key: {KEYS['admin']}"]),
-    "feature-service": ("FEATURE_PORT", REPO_ROOT / "services" / "feature_service" / "openapi.yaml", []),
-    "results-service": ("RESULTS_PORT", REPO_ROOT / "services" / "results_service" / "openapi.yaml", []),
+    "feature-service": ("FEATURE_PORT", REPO_ROOT / "services" / "feature_service" / "openapi.yaml",
+                        ["-H", f"X-Internal-Token: {INTERNAL_TOKEN}"]),
+    "results-service": ("RESULTS_PORT", REPO_ROOT / "services" / "results_service" / "openapi.yaml",
+                        ["-H", f"X-Internal-Token: {INTERNAL_TOKEN}"]),
 }
 
 
