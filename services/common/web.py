@@ -215,12 +215,15 @@ def create_app(service_name: str, ready_checks: dict[str, Callable[[], None]] | 
 
 def _cached_probe(checks: dict[str, Callable[[], None]], log: Any) -> Callable[[], dict[str, str]]:
     """`/ready` is unauthenticated: its dependency probes run at most once per
-    READY_CACHE_S per process, and concurrent callers wait for the one probe in flight,
-    so a flood of /ready calls costs the dependencies nothing."""
+    READY_CACHE_S per process, and while one probe is in flight (a hanging dependency
+    takes its full timeout) other callers get the last answer instead of waiting, so a
+    flood of /ready calls costs neither the dependencies nor the worker's threads."""
     lock, cached = threading.Lock(), {"at": -math.inf, "failures": {}}
 
     def probe() -> dict[str, str]:
-        with lock:
+        if not lock.acquire(blocking=cached["at"] == -math.inf):  # the very first probe: wait for it
+            return cached["failures"]
+        try:
             if time.monotonic() - cached["at"] < config.READY_CACHE_S:
                 return cached["failures"]
             failures = {}
@@ -234,6 +237,8 @@ def _cached_probe(checks: dict[str, Callable[[], None]], log: Any) -> Callable[[
                     log.warning("not ready: %s: %s", name, exc, extra={"event.action": "ready"})
             cached.update(at=time.monotonic(), failures=failures)
             return failures
+        finally:
+            lock.release()
     return probe
 
 
