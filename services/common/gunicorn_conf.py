@@ -5,6 +5,8 @@ database), so a few workers with several threads each use the 2 cores well
 without multiplying memory. Every value can be overridden from the environment.
 """
 import os
+import sys
+from pathlib import Path
 
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
@@ -28,3 +30,11 @@ if bool(_tls_cert) != bool(_tls_key):
     raise SystemExit("configuration error: set both TLS_CERT_FILE and TLS_KEY_FILE, or neither")
 if _tls_cert:
     certfile, keyfile = _tls_cert, _tls_key
+
+# Every HTTP service here is internal or calls internal ones (the gateway): no service
+# token, no start. Checked in the master, because a SystemExit while a worker imports the
+# app only makes gunicorn start the next worker, for ever.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from services.common.service_token import internal_token  # noqa: E402
+
+internal_token()
