@@ -48,10 +48,10 @@ from services.common import config
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 RAW_ID_KEYS = {"user_id", "user.id", "userid", "user.name", "user.email"}
 EXPECTED_COLUMNS = {
-    "predictions": {"id", "request_id", "user_hash", "client_id", "detections", "detection_count", "features",
-                    "model_name", "model_version", "inference_time_ms", "created_at"},
-    "feedback": {"id", "request_id", "user_hash", "client_id", "actor_role", "correct", "reason", "comment",
-                 "created_at"},
+    "predictions": {"id", "request_id", "user_hash", "key_id", "client_id", "detections", "detection_count",
+                    "features", "model_name", "model_version", "inference_time_ms", "created_at"},
+    "feedback": {"id", "request_id", "user_hash", "key_id", "client_id", "actor_role", "actor_id", "correct",
+                 "reason", "comment", "created_at"},
     "audit_events": {"id", "at", "action", "actor_role", "actor_id", "user_hash", "request_id", "record_count"},
 }
 # Routes open without a key on purpose (no personal data behind them); everything else must answer 401.

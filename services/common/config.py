@@ -101,3 +101,16 @@ MAX_IMAGE_PIXELS = env_int("MAX_IMAGE_PIXELS", 40_000_000)
 
 # Budget of every internal call, so that a dead dependency costs a bounded wait.
 INTERNAL_TIMEOUT_S = env_float("INTERNAL_TIMEOUT_S", 10.0)
+
+
+def secret_list(name: str) -> list[str]:
+    """Optional secrets (e.g. retired-but-still-needed keys): `$NAME` comma-separated, else
+    the file named by `$NAME_FILE`, else `var/secrets/<name>` if it exists; one per line."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        file_name = os.environ.get(f"{name}_FILE", "").strip()
+        path = Path(file_name) if file_name else var_dir() / "secrets" / name.lower()
+        if file_name and not path.exists():
+            raise SystemExit(f"configuration error: {name}_FILE={file_name} does not exist")
+        value = path.read_text() if path.exists() else ""
+    return [part.strip() for part in value.replace("\n", ",").split(",") if part.strip()]
