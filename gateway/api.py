@@ -2,6 +2,8 @@
 to openapi.yaml, which the gateway serves at /openapi.json)."""
 from __future__ import annotations
 
+from pydantic import BaseModel
+
 from services.common import openapi as oa
 from services.common import schemas as s
 
@@ -111,7 +113,7 @@ def document() -> dict:
         "RateLimited": {"description": "too many requests for this key; retry after Retry-After seconds",
                         "headers": retry_after, "content": oa.json_content(oa.ref(s.ErrorBody))},
     }
-    models = [s.Health, s.Ready, s.ErrorBody, s.DetectResult, s.StoredPrediction, s.FeedbackIn, s.FeedbackAck,
+    models: list[type[BaseModel]] = [s.Health, s.Ready, s.ErrorBody, s.DetectResult, s.StoredPrediction, s.FeedbackIn, s.FeedbackAck,
               s.SubjectRequest, s.Export, s.Erasure]
     return oa.document("Car detection gateway", DESCRIPTION, "http://127.0.0.1:8080", paths, models, responses,
                        security_schemes={"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}})

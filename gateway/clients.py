@@ -157,7 +157,8 @@ class ModelServingClient:
             return self._stub
 
     def predict(self, image: bytes, user_hash: str, request_id: str) -> pb.PredictionResponse:
-        """The subject goes as its keyed hash (`user_hash`), never in clear. No retry: the adapter fails fast when Triton is down, and a retry would only
+        """The subject goes as its keyed hash (`user_hash`), never in clear.
+        No retry: the adapter fails fast when Triton is down, and a retry would only
         double the wait; the breaker turns repeated failures into an immediate 503."""
         try:
             self.breaker.before_call()

@@ -2,6 +2,8 @@
 writes it to openapi.yaml, which the service serves at /openapi.json)."""
 from __future__ import annotations
 
+from pydantic import BaseModel
+
 from services.common import openapi as oa
 from services.common import schemas as s
 
@@ -66,7 +68,7 @@ def document() -> dict:
             "parameters": HEADERS, "requestBody": oa.body(s.SubjectLookup),
             "responses": {**erasure, **oa.errors(400, 403, 415, 503)}}},
     }
-    models = [s.Health, s.Ready, s.ErrorBody, s.PredictionIn, s.StoreAck, s.StoredPrediction, s.FeedbackIn,
+    models: list[type[BaseModel]] = [s.Health, s.Ready, s.ErrorBody, s.PredictionIn, s.StoreAck, s.StoredPrediction, s.FeedbackIn,
               s.FeedbackAck, s.SubjectLookup, s.Export, s.Erasure]
     return oa.document("Results service", DESCRIPTION, "http://127.0.0.1:5002", paths, models,
                        oa.error_responses("the database is down; retry after Retry-After seconds"))

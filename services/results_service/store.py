@@ -265,14 +265,17 @@ class ResultsStore:
         if self.engine.dialect.name != "postgresql":
             return False
         done = True
+        unknown = set(tables) - set(SUBJECT_TABLES)
+        if unknown:
+            raise ValueError(f"not subject tables: {sorted(unknown)}")
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             connection.exec_driver_sql(f"SET lock_timeout = {int(COMPACT_LOCK_TIMEOUT_MS)}")
-            for name in tables:
-                if name not in SUBJECT_TABLES:
-                    raise ValueError(f"not a subject table: {name}")
-                try:
-                    connection.exec_driver_sql(f"VACUUM (FULL) {name}")
-                except OperationalError:
-                    done = False  # lock not granted in time; the caller reports compacted=false
-            connection.exec_driver_sql("RESET lock_timeout")
+            try:
+                for name in tables:
+                    try:
+                        connection.exec_driver_sql(f"VACUUM (FULL) {name}")
+                    except OperationalError:
+                        done = False  # lock not granted in time; the caller reports compacted=false
+            finally:
+                connection.exec_driver_sql("RESET lock_timeout")
         return done
