@@ -22,7 +22,7 @@ missing one. Data-subject rights are also offered with the id in a JSON body
 Generated from services/common/schemas.py by `make openapi`: do not edit the YAML.
 """
 RID = oa.REQUEST_ID_HEADER
-CLIENT_QUERY = oa.param("client_id", "query", {"type": "string", "minLength": 1, "maxLength": 64},
+CLIENT_QUERY = oa.param("client_id", "query", {"type": "string", "minLength": 1, "maxLength": 64, "pattern": s.NO_NUL},
                         "dpo/admin: only this client's data (ignored for the client role, always limited to itself)")
 SECURED = (401, 429, 503)
 

@@ -239,9 +239,11 @@ def feature_route(path: str) -> Response:
 def _scope(principal: Principal) -> dict[str, str]:
     """A client sees only what it created (the results service enforces it too); dpo and
     admin may narrow to one client with `?client_id=` (e.g. a request id two clients used)."""
+    asked = request.args.get("client_id")
+    if asked is not None and not (1 <= len(asked) <= 64 and "\x00" not in asked):
+        raise ApiError(400, "client_id must be 1-64 characters")
     if principal.role == "client":
         return {"client_id": principal.client_id}
-    asked = request.args.get("client_id")
     return {"client_id": asked} if asked else {}
 
 

@@ -30,6 +30,9 @@ UserId = Annotated[str, Field(min_length=1, max_length=256, pattern=USER_ID_PATT
 RequestId = Annotated[str, Field(pattern=REQUEST_ID_PATTERN, description="1-128 characters from A-Z a-z 0-9 . _ : -")]
 UserHash = Annotated[str, Field(pattern=USER_HASH_PATTERN, description="keyed HMAC-SHA256 of the user id, hex")]
 KeyId = Annotated[str, Field(pattern=KEY_ID_PATTERN, description="id of the pseudonymisation key of the hash")]
+# Stored text never holds NUL: PostgreSQL refuses it in text columns (a 500, not a 400).
+NO_NUL = r"^[^\x00]*$"
+Text = Annotated[str, Field(pattern=NO_NUL)]
 Coordinate = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=0)]
 
@@ -55,7 +58,7 @@ class BoundingBox(Schema):
 
 
 class Detection(Schema):
-    class_name: Annotated[str, Field(min_length=1, max_length=64)]
+    class_name: Annotated[Text, Field(min_length=1, max_length=64)]
     confidence: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
     bbox: BoundingBox
 
@@ -69,11 +72,11 @@ class PredictionIn(Schema):
     user_id: UserId | None = None
     user_hash: UserHash | None = None
     key_id: KeyId | None = None
-    client_id: Annotated[str, Field(min_length=1, max_length=64)] = "internal"
+    client_id: Annotated[Text, Field(min_length=1, max_length=64)] = "internal"
     detections: list[Detection] = Field(validation_alias=AliasChoices("detections", "predictions"))
     features: dict[str, Any] | None = None
-    model_name: Annotated[str, Field(min_length=1, max_length=64)] = "car_detector"
-    model_version: Annotated[str, Field(min_length=1, max_length=32)]
+    model_name: Annotated[Text, Field(min_length=1, max_length=64)] = "car_detector"
+    model_version: Annotated[Text, Field(min_length=1, max_length=32)]
     inference_time_ms: Annotated[float, Field(ge=0.0, le=3.6e6, allow_inf_nan=False)]
 
     @model_validator(mode="after")
@@ -125,8 +128,8 @@ class DetectResult(Answer):
 
 class FeedbackIn(Schema):
     correct: bool
-    reason: Annotated[str, Field(min_length=1, max_length=500, pattern=r"\S")]
-    comment: Annotated[str, Field(max_length=2000)] | None = None
+    reason: Annotated[str, Field(min_length=1, max_length=500, pattern=r"^[^\x00]*[^\s\x00][^\x00]*$")]
+    comment: Annotated[Text, Field(max_length=2000)] | None = None
 
 
 class FeedbackAck(Answer):
@@ -171,7 +174,7 @@ class SubjectLookup(Schema):
     """Results service `POST /subjects/{access,erasure}`: the subject as the hashes of its id
     under every known key (the first is the current key's); no id in clear."""
     user_hashes: Annotated[list[UserHash], Field(min_length=1, max_length=MAX_LOOKUP_HASHES)]
-    client_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    client_id: Annotated[Text, Field(min_length=1, max_length=64)] | None = None
     download: bool = False
 
 
@@ -220,6 +223,8 @@ _PATTERN_MEANING = {
     REQUEST_ID_PATTERN: "must be 1-128 characters from A-Z a-z 0-9 . _ : -",
     USER_HASH_PATTERN: "must be 64 lowercase hexadecimal digits (a keyed hash)",
     KEY_ID_PATTERN: "must be 8 lowercase hexadecimal digits (a key id)",
+    NO_NUL: "must not contain NUL characters",
+    r"^[^\x00]*[^\s\x00][^\x00]*$": "must hold a non-blank text without NUL characters",
 }
 
 

@@ -11,7 +11,7 @@ ACTOR_ROLE = oa.param("X-Actor-Role", "header", {"type": "string", "enum": ["cli
                       "the role the gateway vouches for; a client sees only its own predictions")
 ACTOR_ID = oa.param("X-Actor-Id", "header", {"type": "string", "pattern": s.ACTOR_ID_PATTERN},
                     "the pseudonymous client id the gateway vouches for (journaled)")
-CLIENT_QUERY = oa.param("client_id", "query", {"type": "string", "minLength": 1, "maxLength": 64},
+CLIENT_QUERY = oa.param("client_id", "query", {"type": "string", "minLength": 1, "maxLength": 64, "pattern": s.NO_NUL},
                         "restrict to this client's predictions (ignored for X-Actor-Role: client, "
                         "which is always restricted to itself)")
 HEADERS = [oa.REQUEST_ID_HEADER, ACTOR_ROLE, ACTOR_ID]

@@ -54,7 +54,7 @@ def _scope(role: str, actor: str, asked: str | None = None) -> str | None:
     """The client whose data the caller may see: a client only ever its own; others
     whatever they ask for (`client_id`), or everything."""
     asked = asked if asked is not None else request.args.get("client_id")
-    if asked is not None and not 1 <= len(asked) <= 64:
+    if asked is not None and not (1 <= len(asked) <= 64 and "\x00" not in asked):
         raise ApiError(400, "client_id must be 1-64 characters")
     return actor if role == "client" else asked
 
@@ -127,8 +127,8 @@ def _export(hashes: list[str], role: str, actor: str, scope: str | None, downloa
     only what that client created (predictions) and did (its feedback, its journal entries)."""
     records = store.for_user(hashes, scope)
     user_feedback = store.feedback_for_user(hashes, scope)
-    access_log = store.audit_for_user(hashes, scope)
     store.journal("access_export", role, actor, user_hash=hashes[0], record_count=len(records) + len(user_feedback))
+    access_log = store.audit_for_user(hashes, scope)  # this export included
     log.info("user data exported", extra={"event.action": "access_export", "user.hash": hashes[0]})
     response = jsonify({
         "format": EXPORT_FORMAT,

@@ -7,6 +7,7 @@ a change to a table here needs a new revision there.
 """
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -180,7 +181,7 @@ class ResultsStore:
         """Right to erasure: every row about the user (predictions, feedback) deleted, and the
         erasure journaled (`journal`: actor_role, actor_id; the first hash is recorded), in ONE
         transaction; then the tables' files are compacted so no copy of the rows stays on disk."""
-        hashes = _hashes(user_hash)
+        hashes, xid = _hashes(user_hash), None
         with self.engine.begin() as connection:
             deleted = connection.execute(predictions.delete().where(predictions.c.user_hash.in_(hashes))).rowcount
             erased_feedback = connection.execute(feedback.delete().where(feedback.c.user_hash.in_(hashes))).rowcount
@@ -188,9 +189,11 @@ class ResultsStore:
                 connection.execute(audit_events.insert().values(
                     at=datetime.now(timezone.utc), action="erasure", user_hash=hashes[0], request_id=None,
                     record_count=deleted + erased_feedback, **journal))
+            if self.engine.dialect.name == "postgresql":
+                xid = connection.execute(sa.text("SELECT CAST(txid_current() % 4294967296 AS text)")).scalar_one()
         # Both tables, even when nothing matched: repeating an erasure whose compaction was
         # refused (lock timeout) is how that compaction is completed.
-        compacted = self.compact(SUBJECT_TABLES)
+        compacted = self.compact(SUBJECT_TABLES, after_xid=xid)
         return {"predictions": deleted, "feedback": erased_feedback, "compacted": compacted}
 
     # -- feedback, export and retention (governance)
@@ -249,15 +252,17 @@ class ResultsStore:
                 user_hash=user_hash, request_id=request_id, record_count=record_count,
             ))
 
-    def compact(self, tables: list[str] | tuple[str, ...] = SUBJECT_TABLES) -> bool:
+    def compact(self, tables: list[str] | tuple[str, ...] = SUBJECT_TABLES, after_xid: str | None = None) -> bool:
         """Leave no copy of deleted rows in the database's own files (governance/RGPD.md §6).
 
         SQLite: rows are overwritten on delete (secure_delete); the write-ahead log is folded
         into the main file and truncated. PostgreSQL: DELETE only marks tuples dead and even
         VACUUM leaves their bytes in the page's free space, so the touched tables are rewritten
         (VACUUM FULL: new files for the heap, its TOAST table and every index; the old files are
-        truncated at commit). It takes an exclusive lock on each table for the rewrite, waited
-        for at most COMPACT_LOCK_TIMEOUT_MS; False when a table could not be compacted."""
+        truncated at commit). The rewrite keeps rows that a snapshot still open somewhere in the
+        database might see, so it first waits until no session's snapshot predates `after_xid`
+        (the deleting transaction). It takes an exclusive lock on each table for the rewrite.
+        Each wait is bounded by COMPACT_LOCK_TIMEOUT_MS; False when either was not granted."""
         if self.engine.dialect.name == "sqlite":
             with self.engine.connect() as connection:
                 connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -269,6 +274,8 @@ class ResultsStore:
         if unknown:
             raise ValueError(f"not subject tables: {sorted(unknown)}")
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            if after_xid is not None and not _wait_for_older_snapshots(connection, after_xid):
+                done = False
             connection.exec_driver_sql(f"SET lock_timeout = {int(COMPACT_LOCK_TIMEOUT_MS)}")
             try:
                 for name in tables:
@@ -279,3 +286,20 @@ class ResultsStore:
             finally:
                 connection.exec_driver_sql("RESET lock_timeout")
         return done
+
+
+def _wait_for_older_snapshots(connection: Any, xid: str) -> bool:
+    """Wait (bounded) until no other session of this database holds a snapshot taken before
+    transaction `xid` committed: rows it deleted are then dead to everyone, and VACUUM FULL
+    drops them instead of copying them. A plain VACUUM worker's snapshot does not hold rows
+    back, so it is not waited for."""
+    query = sa.text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+        "AND backend_xmin IS NOT NULL AND age(backend_xmin) >= age(CAST(:xid AS xid)) "
+        "AND NOT (backend_type = 'autovacuum worker' AND query LIKE 'autovacuum: VACUUM %' AND query NOT LIKE '%ANALYZE%')")
+    deadline = time.monotonic() + COMPACT_LOCK_TIMEOUT_MS / 1000
+    while connection.execute(query, {"xid": xid}).scalar_one():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
