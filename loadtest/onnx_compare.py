@@ -158,7 +158,7 @@ def main() -> int:
     results: dict[str, dict[int, list[float]]] = {name: {1: [], 4: []} for name in engines}
     for batch_size in (1, 4):
         batch = np.ascontiguousarray(pixels[:batch_size])
-        for name, call in engines.items():  # warm-up, not measured
+        for call in engines.values():  # warm-up, not measured
             for _ in range(3):
                 call(batch)
         for round_ in range(args.rounds):
