@@ -27,7 +27,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from services.common.config import REPO_ROOT
 BASELINE_PATH = REPO_ROOT / "governance" / "baseline_features.json"
 NUMERIC_FEATURES = ("brightness", "contrast", "sharpness", "saturation", "colourfulness",
                     "aspect_ratio", "width", "height", "byte_size")

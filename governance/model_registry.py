@@ -47,7 +47,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from services.common.config import REPO_ROOT
 DEFAULT_REGISTRY = REPO_ROOT / "governance" / "model_registry.json"
 DEFAULT_REPOSITORY = REPO_ROOT / "model_repository"
 DEFAULT_MODEL_NAME = "car_detector"

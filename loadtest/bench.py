@@ -45,8 +45,7 @@ import numpy as np
 import psutil
 import requests
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from services.common.config import REPO_ROOT
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Every TensorFlow here (in process, both Flask baselines) runs with the same kernels as
 # Triton's (services/triton/run.sh), so the rows differ by architecture, not by TF settings.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from locust import HttpUser, between, task
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from services.common.config import REPO_ROOT
 DATA_DIR = Path(os.environ.get("DATA_DIR", REPO_ROOT.parent / "shared/data/car-object-detection"))
 FRAMES = [p.read_bytes() for p in sorted((DATA_DIR / "testing_images").glob("*.jpg"))[::5][:24]] + \
          [p.read_bytes() for p in sorted((DATA_DIR / "training_images").glob("*.jpg"))[::40][:16]]

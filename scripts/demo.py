@@ -14,8 +14,7 @@ from pathlib import Path
 import requests
 from PIL import Image, ImageDraw
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from services.common.config import REPO_ROOT
 
 from gateway.auth import default_keys_file  # noqa: E402
 

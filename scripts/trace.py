@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from services.common.config import REPO_ROOT
 # Triton's own format: I1129 14:20:00.123456 4242 file.cc:123] message (UTC on this stack)
 TRITON_LINE = re.compile(r"^([IWEV])(\d{2})(\d{2}) (\d{2}):(\d{2}):(\d{2})\.(\d{1,6})\s+\d+\s+([^\]]+)\]\s?(.*)$")
 
