@@ -105,7 +105,7 @@ def serving_guard():  # type: ignore[no-untyped-def]
     """The same registry check as the gRPC adapter (explanations call Triton directly)."""
     global _guard
     if _guard is None:
-        from governance.model_registry import ServingGuard
+        from services.common.integrity import ServingGuard
 
         _guard = ServingGuard()
     return _guard
