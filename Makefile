@@ -10,7 +10,7 @@ DATA_DIR ?= $(abspath ../shared/data/car-object-detection)
 export PYTHONPATH := $(CURDIR)
 export DATA_DIR
 
-.PHONY: setup lint typecheck proto run up down status test test-unit test-deploy demo train bench logs trace loadtest purge audit registry certs vuln-audit perf
+.PHONY: setup lint typecheck config-docs proto run up down status test test-unit test-deploy demo train bench logs trace loadtest purge audit registry certs vuln-audit perf
 
 setup: $(INSTALLED) $(PROTO_OUT)
 
@@ -57,6 +57,10 @@ lint: setup
 
 typecheck: setup
 	$(VENV)/bin/mypy
+
+# docs/configuration.md is generated from the settings declarations (services/common/config.py).
+config-docs: setup
+	$(PY) -m scripts.config_docs
 
 demo: setup
 	$(PY) scripts/demo.py $(IMAGES)

@@ -192,8 +192,10 @@ def in_process() -> Callable[[], Callable[[bytes], None]]:
 def triton_direct() -> Callable[[], Callable[[bytes], None]]:
     import tritonclient.grpc as grpcclient
 
+    from services.common import triton_client
+
     # One client (one channel) shared by every thread, as a notebook or service would.
-    client = grpcclient.InferenceServerClient(f"127.0.0.1:{ENV['TRITON_GRPC_PORT']}")
+    client = triton_client.connect(f"127.0.0.1:{ENV['TRITON_GRPC_PORT']}")
     outputs = [grpcclient.InferRequestedOutput(name) for name in ("BOXES", "SCORES", "LABELS")]
 
     def call(image: bytes) -> None:
