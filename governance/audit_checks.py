@@ -57,7 +57,20 @@ def check(check_id: str, title: str, status: str, evidence: Any, basis: str = ""
 
 def erasure_checks(ctx: AuditContext) -> list[dict[str, Any]]:
     if not ctx.canary_enabled:
-        return [check(CANARY_CHECKS[0][0], CANARY_CHECKS[0][1], "not_measured", "canary disabled (--no-canary)")]
+        # The API's erasure path is not exercised, but the files can still be searched for
+        # every subject whose erasure is journaled.
+        residue = ctx.store.residue({}, ctx.store.erased_hashes())
+        if residue.get("measured") and not residue["clean"]:
+            return [check(CANARY_CHECKS[0][0], CANARY_CHECKS[0][1], "fail", {"file_residue": residue},
+                          "the personal tables' files scanned for every erased subject's hash",
+                          f"Erased data is still in the database files: {residue['erased_subjects_found']} of "
+                          f"{residue['erased_subjects_checked']} erased subjects' hashes.")]
+        return [check(CANARY_CHECKS[0][0], CANARY_CHECKS[0][1], "not_measured",
+                      {"canary": "disabled (--no-canary)", "file_residue": residue},
+                      "the personal tables' files scanned for every erased subject's hash",
+                      "Canary disabled: the erasure path was not exercised; "
+                      + (f"none of {residue['erased_subjects_checked']} erased subjects' hashes is left in the "
+                         "database files." if residue.get("measured") else f"files not scanned: {residue.get('error')}."))]
     c = ctx.canary()
     if not c.get("reachable"):
         return [check(i, t, "not_measured", c.get("error")) for i, t in CANARY_CHECKS]

@@ -150,7 +150,9 @@ class GovernanceStore:
             db_file = Path(self.engine.url.database or "")
             files = [p for p in (db_file, db_file.with_name(db_file.name + "-wal"),
                                  db_file.with_name(db_file.name + "-journal")) if p.exists()]
-            return {"files": files, "how": "SQLite database file and its write-ahead log"} if db_file.exists() \
+            return {"files": files, "how": "SQLite database file and its write-ahead log (the hashes: in the "
+                                           "pages of the personal tables, their indexes and free pages)"} \
+                if db_file.exists() \
                 else {"error": f"SQLite file {db_file} not found"}
         if self.dialect != "postgresql":
             return {"error": f"no file scan for {self.dialect}"}
@@ -190,21 +192,50 @@ class GovernanceStore:
         return {"files": files, "how": f"PostgreSQL relation files (heap, TOAST, indexes) under {data_dir}, "
                                        "read after a CHECKPOINT"}
 
+    def _sqlite_personal_pages(self, files: list[Path]) -> bytes:
+        """The bytes of the pages that hold the personal tables and their indexes, and of free
+        pages, in the SQLite file and its WAL: the journal shares the file and keeps hashes by design."""
+        with self.engine.connect() as connection:
+            page_size = int(connection.exec_driver_sql("PRAGMA page_size").scalar_one())
+            names = [r[0] for r in connection.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE tbl_name IN ('predictions', 'feedback')")]
+            pages = {int(r[0]) for r in connection.exec_driver_sql(
+                f"SELECT pageno FROM dbstat WHERE name IN ({', '.join('?' * len(names))})", tuple(names))}
+        main = files[0].read_bytes()
+        trunk = int.from_bytes(main[32:36], "big")
+        while 0 < trunk <= len(main) // page_size:  # the freelist: trunk pages listing leaf pages
+            page = main[(trunk - 1) * page_size: trunk * page_size]
+            pages.add(trunk)
+            count = int.from_bytes(page[4:8], "big")
+            pages |= {int.from_bytes(page[8 + 4 * i: 12 + 4 * i], "big") for i in range(min(count, page_size // 4 - 2))}
+            trunk = int.from_bytes(page[0:4], "big")
+        chunks = [main[(n - 1) * page_size: n * page_size] for n in sorted(pages)]
+        for wal in (f for f in files[1:] if f.name.endswith("-wal")):
+            data = wal.read_bytes()
+            for offset in range(32, len(data) - 24, 24 + page_size):  # frame: 24-byte header, then the page
+                if int.from_bytes(data[offset:offset + 4], "big") in pages:
+                    chunks.append(data[offset + 24: offset + 24 + page_size])
+        return b"".join(chunks)
+
     def residue(self, needles: dict[str, str], hashes: set[str]) -> dict[str, Any]:
-        """Scan the personal tables' files for the given strings and erased subjects' hashes."""
+        """Scan the database files for the given strings, and the personal tables' storage for
+        erased subjects' hashes."""
         located = self.storage_files()
         if "error" in located:
             return {"measured": False, "error": located["error"]}
         found: dict[str, list[str]] = {}
-        hashes_found: set[str] = set()
         total = 0
+        hashes_found: set[str] = set()
         for path in located["files"]:
             data = path.read_bytes()
             total += len(data)
             for label, needle in needles.items():
                 if needle and needle.encode() in data:
                     found.setdefault(label, []).append(path.name)
-            hashes_found |= _hashes_in(data, hashes)
+            if self.dialect != "sqlite":
+                hashes_found |= _hashes_in(data, hashes)
+        if self.dialect == "sqlite" and hashes:
+            hashes_found = _hashes_in(self._sqlite_personal_pages(located["files"]), hashes)
         return {"measured": True, "how": located["how"], "files": len(located["files"]), "bytes_scanned": total,
                 "erased_subjects_checked": len(hashes), "erased_subjects_found": len(hashes_found),
                 "found": found, "clean": not found and not hashes_found,
