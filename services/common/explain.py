@@ -129,7 +129,7 @@ def serving_guard():  # type: ignore[no-untyped-def]
     if _guard is None:
         try:
             from services.common.integrity import ServingGuard  # type: ignore[import-not-found]
-        except ImportError:  # until the integrity check's move to services/common lands (issue 16)
+        except ImportError:  # until the integrity check lives in services/common (being moved)
             from governance.model_registry import ServingGuard
 
         _guard = ServingGuard()
