@@ -10,7 +10,7 @@ DATA_DIR ?= $(abspath ../shared/data/car-object-detection)
 export PYTHONPATH := $(CURDIR)
 export DATA_DIR
 
-.PHONY: setup lint typecheck config-docs proto run up down status test test-unit test-deploy demo train bench logs trace loadtest purge audit registry certs vuln-audit perf
+.PHONY: setup lint typecheck config-docs proto run up down status test test-unit test-deploy demo train bench logs trace loadtest purge audit registry certs vuln-audit perf log-shipping-bench
 
 setup: $(INSTALLED) $(PROTO_OUT)
 
@@ -57,6 +57,12 @@ lint: setup
 
 typecheck: setup
 	$(VENV)/bin/mypy
+
+# Own Logstash shipper against python-logstash (docs/observability.md); python-logstash is
+# installed under var/ for the comparison only, it is not a runtime dependency.
+log-shipping-bench: setup
+	$(PY) -m pip install --quiet --target var/pylogstash python-logstash==0.4.8
+	PYTHONPATH=$(CURDIR)/var/pylogstash:$(CURDIR) LOG_BENCH_EVENTS=$${LOG_BENCH_EVENTS:-20000} $(PY) loadtest/log_shipping.py
 
 # docs/configuration.md is generated from the settings declarations (services/common/config.py).
 config-docs: setup

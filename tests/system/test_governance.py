@@ -217,7 +217,7 @@ def test_feedback_and_contestation(stack, http):
 def test_explain_returns_per_detection_saliency_and_a_heatmap(stack, http):
     image = frame("vid_4_1000.jpg")
     detected = detect(stack, http, f"xai-{uuid.uuid4().hex[:8]}")["detections"]
-    # About 100 inferences each: explanations are for dpo/admin (issue 14), a client gets 403.
+    # About 100 inferences each: explanations are for dpo/admin, a client gets 403.
     assert http.post(f"{stack.gateway}/api/explain", headers=headers("client"),
                      files={"image": ("f.jpg", image, "image/jpeg")}).status_code == 403
     answer = http.post(f"{stack.gateway}/api/explain", headers=headers("dpo"),
