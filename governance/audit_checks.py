@@ -20,8 +20,7 @@ from urllib.parse import urlparse
 import requests
 import sqlalchemy as sa
 
-from governance.audit_sources import (HEX64, TIMEOUT, UNAUTHENTICATED_BY_DESIGN, AuditContext, gateway_routes,
-                                      http_get)
+from governance.audit_sources import HEX64, TIMEOUT, UNAUTHENTICATED_BY_DESIGN, AuditContext, gateway_routes, http_get
 from governance.purge import retention_days
 from governance.store import aware
 from governance.triton_control import triton_http_url, triton_ready_versions, version_dirs

@@ -25,12 +25,20 @@ COLOUR = {"pass": "#1a7f37", "fail": "#cf222e", "warning": "#9a6700", "not_measu
 LABEL = {"pass": "pass", "fail": "fail", "warning": "warning", "not_measured": "not measured"}
 CSS = """body{font-family:system-ui,'DejaVu Sans',sans-serif;max-width:1100px;margin:1.5em auto;padding:0 1em;color:#1f2328}
 h1{font-size:1.6em}h2{border-bottom:2px solid #d0d7de;padding-bottom:.2em}table{border-collapse:collapse;width:100%;margin:.5em 0}
-td,th{border:1px solid #d0d7de;padding:4px 6px;vertical-align:top;font-size:12.5px;text-align:left}th{background:#f6f8fa}
+td,th{border:1px solid #d0d7de;padding:4px 6px;vertical-align:top;font-size:12.5px;text-align:left}th{background:#f6f8fa}table.kv>tbody>tr>th,table.kv>tr>th{width:28%}
 .badge{display:inline-block;padding:1px 7px;border-radius:10px;color:#fff;font-weight:600;font-size:11.5px;white-space:nowrap}
 figure{margin:1em 0;break-inside:avoid}figure img{max-width:100%;border:1px solid #d0d7de}figcaption{font-size:12.5px;color:#57606a}
 .verdict{font-size:1.25em;padding:.6em 1em;border-radius:6px;color:#fff;display:inline-block}.muted{color:#57606a}
 pre{white-space:pre-wrap;font-size:10.5px}section{margin-bottom:2em}
 @media print{section{break-before:page}section#summary{break-before:auto}body{max-width:none;margin:0}details>pre{display:block}}"""
+
+
+NAMES = {"ap50": "AP50", "ap50_95": "AP50-95", "ap50_std": "AP50 std", "ap50_95_std": "AP50-95 std", "f1": "F1",
+         "n_gt": "boxes", "psi": "PSI", "ece_before": "ECE before", "ece_after": "ECE after"}
+
+
+def name(key: Any) -> str:
+    return html.escape(NAMES.get(str(key), str(key).replace("_", " ")))
 
 
 def esc(value: Any) -> str:
@@ -48,13 +56,13 @@ def value_html(value: Any, depth: int = 0) -> str:
             return "<span class='muted'>none</span>"
         if depth > 2:
             return esc(value)
-        rows = "".join(f"<tr><th>{html.escape(str(k).replace('_', ' '))}</th><td>{value_html(v, depth + 1)}</td></tr>"
+        rows = "".join(f"<tr><th>{name(k)}</th><td>{value_html(v, depth + 1)}</td></tr>"
                        for k, v in value.items())
         return f"<table class='kv'>{rows}</table>"
     if isinstance(value, list):
         if value and all(isinstance(v, dict) for v in value) and depth <= 2:
             keys = list(dict.fromkeys(k for v in value for k in v))
-            head = "".join(f"<th>{html.escape(str(k).replace('_', ' '))}</th>" for k in keys)
+            head = "".join(f"<th>{name(k)}</th>" for k in keys)
             body = "".join("<tr>" + "".join(f"<td>{value_html(v.get(k), depth + 1)}</td>" for k in keys) + "</tr>"
                            for v in value[:50])
             return f"<table><tr>{head}</tr>{body}</table>"
@@ -195,7 +203,8 @@ def report_to_html(report: dict[str, Any], plots: dict[str, Plot]) -> str:
     evidence = "".join(
         f"<h3 id='check-{c['id']}'>{badge(c['status'])} {html.escape(c['title'])}</h3><p>{esc(c.get('finding'))}</p>"
         f"<p class='muted'>How it is measured: {esc(c.get('basis') or 'see the evidence')}. Owner: {esc(c.get('owner'))}; "
-        f"action: {esc(c.get('action'))} (due {esc(c.get('due'))}).</p>{value_html(c['evidence'])}"
+        f"action: {esc(c.get('action'))} (due {esc(c.get('due'))}).</p>"
+        f"{value_html(c['evidence']) if c['evidence'] != c.get('finding') else ''}"
         for c in report["compliance"]["checks"])
     raw = html.escape(json.dumps(report, indent=1, default=str))
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Audit report "

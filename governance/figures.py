@@ -123,7 +123,7 @@ def check_text(name: str, text: str, m: dict[str, Any]) -> tuple[int, list[dict[
             for quoted in re.findall(rf"\b(?:{pattern})\b\**{CONNECTOR}\**{NUMBER}", line, re.IGNORECASE):
                 if m["values"][key]:
                     judge(number, key, quoted, _agrees(quoted, m["values"][key]), "a measured " + key)
-        for quoted in re.findall(rf"(?:threshold|seuil)\s*(?:=|:|of|de)?\s*(0\.\d{{2}})\b", line, re.IGNORECASE):
+        for quoted in re.findall(r"(?:threshold|seuil)\s*(?:=|:|of|de)?\s*(0\.\d{2})\b", line, re.IGNORECASE):
             if m["thresholds"]:
                 judge(number, "threshold", quoted, _agrees(quoted, m["thresholds"]), sorted(m["thresholds"]))
     return checked, bad

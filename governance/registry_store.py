@@ -19,8 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from governance.triton_control import request_triton_reload, set_version_policy, version_dirs
-from services.common.integrity import (DEFAULT_MODEL_NAME, IntegrityError, display_path, find_entry, hash_model, load_registry,
-                                       registry_path, repository_path, verify_version, version_key)
+from services.common.integrity import (
+    DEFAULT_MODEL_NAME,
+    IntegrityError,
+    display_path,
+    find_entry,
+    hash_model,
+    load_registry,
+    registry_path,
+    repository_path,
+    verify_version,
+    version_key,
+)
 
 # Large or machine-specific parts of model_metadata.json not copied into the registry
 # (the whole file is still covered by the version's hash).
