@@ -38,8 +38,10 @@ install_runtime() {
     [[ -x "$loader" ]] && return
     echo "perf: this system's C library is older than the binary needs; fetching Debian 13's" \
          "libc6, libstdc++6, libgcc-s1 into $RUNTIME" >&2
-    command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null || {
-        echo "perf: needs glibc >= 2.38, or apt-get and dpkg-deb to fetch it" >&2; exit 1; }
+    if ! command -v apt-get >/dev/null || ! command -v dpkg-deb >/dev/null; then
+        echo "perf: needs glibc >= 2.38, or apt-get and dpkg-deb to fetch it" >&2
+        exit 1
+    fi
     mkdir -p "$RUNTIME/lists/partial" "$RUNTIME/cache/archives/partial" "$RUNTIME/debs" "$RUNTIME/root"
     : > "$RUNTIME/status"
     echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main" \

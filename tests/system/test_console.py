@@ -4,6 +4,7 @@ the API's 401 message for a wrong key, the data-subject tools with a dpo key, th
 audit report, and no Content-Security-Policy violation on the way."""
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -134,6 +135,27 @@ def test_upload_draws_one_box_per_detection(stack, http, browser):
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(SCREENSHOT_DIR / "detect.png"))
     assert csp_violations(browser) == []
+
+
+DROP_SCRIPT = """
+const [b64, name, done] = arguments;
+const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+const transfer = new DataTransfer();
+transfer.items.add(new File([bytes], name, {type: "image/jpeg"}));
+document.getElementById("drop-zone").dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+done();
+"""
+
+
+def test_a_dropped_image_is_detected_too(stack, http, browser):
+    open_console(browser, stack, KEYS["client"])
+    browser.execute_async_script(DROP_SCRIPT, base64.b64encode(FRAME.read_bytes()).decode(), FRAME.name)
+    result = wait_for(browser, EC.visibility_of_element_located((By.ID, "detect-result")))
+    stored = http.get(f"{stack.gateway}/api/results/predictions/{result.get_attribute('data-request-id')}",
+                      headers=headers("client"), timeout=10)
+    assert stored.status_code == 200, stored.text
+    boxes = wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#boxes .box") or False, 10)
+    assert len(boxes) == len(stored.json()["detections"]) >= 1
 
 
 def test_a_wrong_key_shows_the_apis_401_message(stack, http, browser):
