@@ -401,7 +401,7 @@ def test_the_erasure_check_reads_postgresql_files_and_can_fail(stack, db):
     with db.begin() as connection:  # deleted as a plain DELETE would, without compaction
         connection.execute(sa.text("DELETE FROM predictions WHERE user_hash = :h"), {"h": user_hash})
     store.journal("erasure", "dpo", "audit-test", user_hash=user_hash, record_count=1)
-    report, _, _ = audit(stack, "--no-canary", "--strict", expect=1)
+    report, _, _ = audit(stack, "--no-canary", "--strict", returncode=1)
     erasure = {c["id"]: c for c in report["compliance"]["checks"]}["erasure"]
     residue = erasure["evidence"]["file_residue"]
     assert erasure["status"] == "fail" and residue["measured"] and residue["erased_subjects_found"] >= 1, erasure
