@@ -10,7 +10,7 @@ DATA_DIR ?= $(abspath ../shared/data/car-object-detection)
 export PYTHONPATH := $(CURDIR)
 export DATA_DIR
 
-.PHONY: setup lint typecheck config-docs log-shipping-bench proto run up down status test test-unit test-deploy demo train bench logs trace loadtest purge audit registry certs vuln-audit
+.PHONY: setup lint typecheck config-docs proto run up down status test test-unit test-deploy demo train bench logs trace loadtest purge audit registry certs vuln-audit perf log-shipping-bench
 
 setup: $(INSTALLED) $(PROTO_OUT)
 
@@ -76,6 +76,11 @@ train: setup
 
 bench: setup
 	$(PY) loadtest/bench.py
+
+# Triton's perf_analyzer on car_detector with real frames, concurrency 1..8, beside bench's
+# Triton-direct client; CSV and table under var/perf/ (scripts/perf.sh installs the tool).
+perf: setup
+	bash scripts/perf.sh
 
 logs:
 	@tail -n 20 -F var/log/*.jsonl

@@ -18,6 +18,7 @@ from flask import Response, g, jsonify, request
 from flask_limiter import Limiter
 from google.protobuf.json_format import MessageToDict
 
+from gateway import console
 from gateway.auth import KeyRing, Principal, load_keys
 from gateway.clients import HttpService, ModelServingClient, ResultsService, unavailable
 from services.common import config, metrics
@@ -102,6 +103,9 @@ def require(*roles: str) -> Callable:
         return wrapped
 
     return decorator
+
+
+console.register(app, require)  # the web console at / and the latest audit report (gateway/console.py)
 
 
 def _actor_headers(principal: Principal) -> dict[str, str]:

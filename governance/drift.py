@@ -137,10 +137,17 @@ def main(argv: list[str] | None = None) -> int:
         baseline_path().write_text(json.dumps(baseline, indent=2) + "\n")
         print(f"baseline of {baseline['images']} training frames written to {baseline_path()}")
         return 0
-    from governance.audit_report import AuditReportGenerator
+    from datetime import timedelta
 
-    report = AuditReportGenerator().generate_performance_report()
-    print(json.dumps(report["data_drift"], indent=2))
+    from governance.store import GovernanceStore
+
+    baseline = load_baseline()
+    if baseline is None:
+        print(f"no baseline at {baseline_path()}: run `python -m governance.drift baseline` first", file=sys.stderr)
+        return 2
+    since = datetime.now(timezone.utc) - timedelta(days=30)
+    rows = [p["features"] for p in GovernanceStore().rows("predictions", since) if isinstance(p.get("features"), dict)]
+    print(json.dumps(drift(baseline, rows), indent=2))
     return 0
 
 

@@ -127,10 +127,7 @@ def serving_guard():  # type: ignore[no-untyped-def]
     """The same registry check as the gRPC adapter (explanations call Triton directly)."""
     global _guard
     if _guard is None:
-        try:
-            from services.common.integrity import ServingGuard  # type: ignore[import-not-found]
-        except ImportError:  # until the integrity check lives in services/common (being moved)
-            from governance.model_registry import ServingGuard
+        from services.common.integrity import ServingGuard
 
         _guard = ServingGuard()
     return _guard

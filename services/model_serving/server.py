@@ -23,7 +23,7 @@ from services.common.images import ImageRejected, check_image
 from services.common.logs import detection_fields, request_id_var, setup_logging
 from services.common.pseudonym import hash_user_id
 from services.model_serving.triton import ModelRejected, ModelUnavailable, TritonDetector
-from governance.model_registry import ServingGuard
+from services.common.integrity import ServingGuard
 from services.proto import model_serving_pb2 as pb
 from services.proto import model_serving_pb2_grpc as pb_grpc
 

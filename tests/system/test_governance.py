@@ -318,9 +318,10 @@ def test_a_real_adapter_refuses_a_tampered_version(stack, tmp_path):
 
 # --- audit reports -------------------------------------------------------------------------------
 
-def audit(stack, *args: str) -> tuple[dict, dict[str, Path], subprocess.CompletedProcess]:
-    run = python(stack, "-m", "governance.audit_report", *args, env={"GATEWAY_URL": stack.gateway})
+def audit(stack, *args: str, expect: int = 0) -> tuple[dict, dict[str, Path], subprocess.CompletedProcess]:
+    run = python(stack, "-m", "governance.audit_report", "--no-pdf", *args, env={"GATEWAY_URL": stack.gateway})
     assert run.returncode in (0, 1), run.stdout + run.stderr
+    assert run.returncode == expect, run.stdout + run.stderr
     paths = {kind: Path(path) for kind, path in re.findall(r"^(json|markdown|html): (\S+)$", run.stdout, re.MULTILINE)}
     assert set(paths) == {"json", "markdown", "html"} and all(p.exists() for p in paths.values()), run.stdout
     return json.loads(paths["json"].read_text()), paths, run
@@ -341,7 +342,7 @@ def test_audit_report_measures_the_live_system(stack, http, db):
     checks = {c["id"]: c for c in report["compliance"]["checks"]}
     for check_id in ("pseudonymisation", "no_raw_ids_in_logs", "erasure", "access_export", "recourse",
                      "access_journaled", "retention", "authentication", "model_integrity", "data_minimisation",
-                     "images_not_stored", "documentation"):
+                     "images_not_stored", "documentation", "documents_consistent"):
         assert checks[check_id]["status"] == "pass", (check_id, checks[check_id])
     assert checks["encryption_in_transit"]["status"] == "warning"  # plain HTTP on loopback, stated
     assert all(code == 401 for code in checks["authentication"]["evidence"]["probed"].values())
@@ -361,7 +362,7 @@ def test_audit_report_fails_what_is_false(stack, db):
     with db.begin() as connection:  # a raw id slipping into storage must be caught
         connection.execute(sa.text("UPDATE predictions SET user_hash = 'bob@example.org' WHERE request_id = :r"), {"r": expired})
     try:
-        report, _, run = audit(stack, "--no-canary", "--strict")
+        report, _, run = audit(stack, "--no-canary", "--strict", expect=1)
         checks = {c["id"]: c for c in report["compliance"]["checks"]}
         assert checks["retention"]["status"] == "fail" and checks["retention"]["evidence"]["rows_older_than_retention"] >= 1
         assert checks["pseudonymisation"]["status"] == "fail"
@@ -369,3 +370,29 @@ def test_audit_report_fails_what_is_false(stack, db):
     finally:
         python(stack, "-m", "governance.purge", env={"RETENTION_DAYS": "30"})
     assert table_text(db, "predictions", "WHERE request_id = :r", r=expired) == []
+
+
+def test_the_erasure_check_reads_postgresql_files_and_can_fail(stack, db):
+    """A subject whose erasure is journaled but whose rows still sit, dead, in the table's
+    pages: the audit finds its hash in the relation files; after a VACUUM it does not."""
+    from services.results_service.store import ResultsStore
+
+    user_hash, marker = uuid.uuid4().hex + uuid.uuid4().hex, f"residue{uuid.uuid4().hex[:20]}"
+    store = ResultsStore(db)
+    store.add({"request_id": f"residue-{uuid.uuid4().hex}", "user_hash": user_hash, "client_id": "audit-test",
+               "detections": [], "detection_count": 0, "model_version": marker, "inference_time_ms": 1.0})
+    with db.begin() as connection:  # deleted as a plain DELETE would, without compaction
+        connection.execute(sa.text("DELETE FROM predictions WHERE user_hash = :h"), {"h": user_hash})
+    store.journal("erasure", "dpo", "audit-test", user_hash=user_hash, record_count=1)
+    report, _, _ = audit(stack, "--no-canary", "--strict", expect=1)
+    erasure = {c["id"]: c for c in report["compliance"]["checks"]}["erasure"]
+    residue = erasure["evidence"]["file_residue"]
+    assert erasure["status"] == "fail" and residue["measured"] and residue["erased_subjects_found"] >= 1, erasure
+    assert "relation files" in residue["how"] and residue["files"] >= 2 and residue["bytes_scanned"] > 0
+
+    with db.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT").execute(sa.text("VACUUM predictions, feedback"))
+    report, _, _ = audit(stack, "--no-canary")
+    erasure = {c["id"]: c for c in report["compliance"]["checks"]}["erasure"]
+    residue = erasure["evidence"]["file_residue"]
+    assert erasure["status"] == "not_measured" and residue["clean"] and residue["erased_subjects_checked"] >= 1, erasure

@@ -452,7 +452,9 @@ def test_prometheus_config_and_alerts():
     assert "nv_inference_queue_duration_us" in alerts["TritonQueueTimeHigh"]["expr"]
     assert any("Drift" in name for name in alerts)
     promtool = os.environ.get("PROMTOOL") or shutil.which("promtool")
-    if promtool:
-        for command in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts.test.yml"]):
-            checked = subprocess.run([promtool, *command], cwd=OBS / "prometheus", capture_output=True, text=True)
-            assert checked.returncode == 0, checked.stdout + checked.stderr
+    if not promtool:
+        pytest.skip("promtool is not installed (scripts/install_tools.sh installs Debian's prometheus)")
+    for command in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts.test.yml"]):
+        checked = subprocess.run([promtool, *command], cwd=OBS / "prometheus", capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS" in checked.stdout, checked.stdout

@@ -26,7 +26,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import KEYS, REPO_ROOT, free_port, frame, gunicorn_command, headers, wait_until
+from tests.conftest import INTERNET_SKIP, KEYS, REPO_ROOT, free_port, frame, gunicorn_command, headers, wait_until
 from tests.images import encode, open_frame
 
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
@@ -497,10 +497,10 @@ def test_rate_limit_holds_across_gunicorn_workers(stack, tmp_path):
     get 429 + Retry-After. Per-worker counting would let up to 20 through."""
     import redis
 
-    port, db = free_port(), 13
-    redis.Redis.from_url(f"redis://127.0.0.1:6379/{db}").flushdb()
+    port, storage = free_port(), stack.redis.db(13)
+    redis.Redis.from_url(storage).flushdb()
     env = base_env(tmp_path / "var", **{
-        "GUNICORN_WORKERS": "2", "RATE_LIMIT": "10 per minute", "RATELIMIT_STORAGE_URI": f"redis://127.0.0.1:6379/{db}",
+        "GUNICORN_WORKERS": "2", "RATE_LIMIT": "10 per minute", "RATELIMIT_STORAGE_URI": storage,
         "API_KEYS": stack.env["API_KEYS"], "PSEUDONYM_KEY": stack.env["PSEUDONYM_KEY"],
         "FEATURE_SERVICE_URL": stack.url("FEATURE_PORT"), "RESULTS_SERVICE_URL": stack.url("RESULTS_PORT"),
         "MODEL_SERVING_ADDR": stack.adapter, "GATEWAY_PORT": str(port)})
@@ -599,20 +599,19 @@ def test_pip_audit_finds_no_known_vulnerability(tmp_path):
     reason, in docs/reliability.md; the list below must match it."""
     accepted: dict[str, str] = {}
     audit = shutil.which("pip-audit", path=str(VENV_BIN))
-    if audit is None:
-        pytest.skip("pip-audit is not installed in .venv")
+    assert audit, "pip-audit is not installed in .venv (requirements.txt pins it)"
     report = tmp_path / "audit.json"
     run = subprocess.run([audit, "-r", str(REPO_ROOT / "requirements.txt"), "--no-deps", "--disable-pip",
                           "--progress-spinner", "off", "-f", "json", "-o", str(report)],
                          capture_output=True, text=True, timeout=300)
     if not report.exists():
         reason = (run.stderr.strip().splitlines() or ["no output"])[-1]
-        pytest.skip(f"pip-audit could not reach a vulnerability service: {reason[:200]}")
+        pytest.skip(f"{INTERNET_SKIP}: pip-audit could not reach a vulnerability service: {reason[:200]}")
     dependencies = json.loads(report.read_text())["dependencies"]
     audited = [d for d in dependencies if "skip_reason" not in d]
     if not audited:
-        pytest.skip("the vulnerability service (PyPI JSON API) is unreachable from here: every package was "
-                    f"skipped, e.g. {dependencies[0].get('skip_reason', '')[:120]}")
+        pytest.skip(f"{INTERNET_SKIP}: the vulnerability service (PyPI JSON API) is unreachable from here: every "
+                    f"package was skipped, e.g. {dependencies[0].get('skip_reason', '')[:120]}")
     vulnerable = [f"{d['name']} {d['version']}: {v['id']} (fix: {v.get('fix_versions')})"
                   for d in audited for v in d.get("vulns", []) if v["id"] not in accepted]
     assert not vulnerable, "\n".join(vulnerable)
