@@ -202,6 +202,7 @@ def explain_image(data: bytes, threshold: float | None = None, grid: tuple[int, 
     checked = check_image(data, max_pixels=min(config.MAX_IMAGE_PIXELS, config.EXPLAIN_MAX_PIXELS))
     token = _deadline.set(time.monotonic() + (config.EXPLAIN_DEADLINE_S if deadline_s is None else deadline_s))
     try:
+        assert checked.rgb is not None  # check_image decodes by default
         return _explain(checked.rgb, checked.model_bytes, threshold, grid, infer, batch_size, max_detections, guard)
     finally:
         _deadline.reset(token)
@@ -221,7 +222,7 @@ def _explain(rgb: Image.Image, model_bytes: bytes, threshold: float | None, grid
         threshold = operating_threshold(model_version)
     boxes, scores, labels = original
     keep = [i for i in range(len(scores)) if scores[i] >= threshold and labels[i]][:max_detections]
-    detections = [{"class_name": labels[i], "confidence": round(float(scores[i]), 4),
+    detections: list[dict[str, Any]] = [{"class_name": labels[i], "confidence": round(float(scores[i]), 4),
                    "bbox": dict(zip(("x_min", "y_min", "x_max", "y_max"), (round(float(v), 1) for v in boxes[i])))}
                   for i in keep]
     cells = grid_cells(width, height, cols, rows)
