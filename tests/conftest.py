@@ -26,10 +26,10 @@ import psycopg2
 import pytest
 import requests
 
+from services.common.config import REPO_ROOT
 from tests.servers import Postgres, Redis
 from tests.servers import free_port as free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "car-object-detection"))
 TEST_VAR = REPO_ROOT / "var" / "test-stack"
 PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")

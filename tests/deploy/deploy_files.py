@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from services.common.config import REPO_ROOT
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 COMPOSE_GPU_FILE = REPO_ROOT / "docker-compose.gpu.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
