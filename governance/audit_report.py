@@ -96,6 +96,8 @@ class AuditReportGenerator:
                 "summary": dict(summary), "checks": checks, "model": model}
 
     def generate(self, period_days: int | None = None) -> dict[str, Any]:
+        if self.ctx.canary_enabled:
+            self.ctx.canary()  # before anything reads the logs, so its traces are in them
         performance = self.generate_performance_report(period_days)
         compliance = self.generate_compliance_report(performance=performance)
         model = compliance.pop("model")
