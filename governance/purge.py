@@ -19,16 +19,14 @@ from datetime import datetime, timedelta, timezone
 from governance.store import GovernanceStore
 from services.common import config
 
-DEFAULT_RETENTION_DAYS = 30
-DEFAULT_AUDIT_RETENTION_DAYS = 365
 
 
 def retention_days() -> int:
-    return config.env_int("RETENTION_DAYS", DEFAULT_RETENTION_DAYS)
+    return config.RETENTION_DAYS
 
 
 def audit_retention_days() -> int:
-    return config.env_int("AUDIT_RETENTION_DAYS", DEFAULT_AUDIT_RETENTION_DAYS)
+    return config.AUDIT_RETENTION_DAYS
 
 
 def count_expired(store: GovernanceStore, days: int) -> int:
@@ -60,9 +58,10 @@ def purge(days: int | None = None, audit_days: int | None = None, dry_run: bool 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m governance.purge", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--days", type=int, default=None, help=f"retention in days (default $RETENTION_DAYS or {DEFAULT_RETENTION_DAYS})")
+    parser.add_argument("--days", type=int, default=None,
+                        help=f"retention in days (default $RETENTION_DAYS or {config.Settings.RETENTION_DAYS.default})")
     parser.add_argument("--audit-days", type=int, default=None,
-                        help=f"journal retention (default $AUDIT_RETENTION_DAYS or {DEFAULT_AUDIT_RETENTION_DAYS})")
+                        help=f"journal retention (default $AUDIT_RETENTION_DAYS or {config.Settings.AUDIT_RETENTION_DAYS.default})")
     parser.add_argument("--dry-run", action="store_true", help="count, delete nothing")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)

@@ -180,14 +180,27 @@ def test_a_swapped_file_with_restored_size_and_mtime_is_caught(repo):
     assert "does not match its registered hash" in (guard.refusal("1") or "")
 
 
-def test_the_serving_guard_looks_at_the_files_again_after_its_interval(repo):
+def test_the_serving_guard_looks_at_the_files_again_after_its_interval(repo, monkeypatch):
+    import governance.model_registry as registry_module
+
+    now = [1000.0]  # the guard's clock, moved by hand: no sleep, no window a loaded machine can miss
+
+    class Clock:
+        def __getattr__(self, name: str):
+            return getattr(time, name)
+
+        def monotonic(self) -> float:
+            return now[0]
+
+    monkeypatch.setattr(registry_module, "time", Clock())
     vdir = make_version(repo, 1)
     ModelRegistry().register_model(vdir)
-    guard = ServingGuard(recheck_s=0.3)
+    guard = ServingGuard(recheck_s=30)
     assert guard.refusal("1") is None
     (vdir / "model.py").write_text("tampered\n")
+    now[0] += 29
     assert guard.refusal("1") is None  # within the interval: the cached verdict, no file system walk
-    time.sleep(0.35)
+    now[0] += 2
     assert "does not match its registered hash" in (guard.refusal("1") or "")
 
 
