@@ -58,7 +58,7 @@ class AuditReportGenerator:
         self.period_days = period_days
         self.ctx = AuditContext(
             self.store, Path(log_dir) if log_dir else config.var_dir() / "log",
-            (gateway_url or config.env_str("GATEWAY_URL", f"http://127.0.0.1:{config.GATEWAY_PORT}")).rstrip("/"),
+            (gateway_url or str(config.GATEWAY_URL)).rstrip("/"),
             (results_url or config.RESULTS_SERVICE_URL).rstrip("/"), (feature_url or config.FEATURE_SERVICE_URL).rstrip("/"),
             period_days, canary)
 
