@@ -52,8 +52,9 @@ class Settings(SettingsBase):
     MODEL_REPOSITORY = Var("{REPO_ROOT}/model_repository", "the Triton model repository (registry, metadata)", _MODEL)
     MODEL_REGISTRY_PATH = Var("{REPO_ROOT}/governance/model_registry.json", "the model registry (hashes of each version)",
                               _MODEL)
-    MODEL_REGISTRY_ENFORCE = Var("strict", "'warn': serve an unregistered version (or one whose registry is unreadable) "
-                                 "with a warning; a hash mismatch is always refused", _MODEL)
+    MODEL_REGISTRY_ENFORCE = Var("strict", "'strict': refuse a version that is unregistered, unreadable or not visible; "
+                                 "'warn': serve it with a warning (development only); a mismatch is always refused",
+                                 _MODEL)
     MODEL_GUARD_RECHECK_S = Var(1.0, "how often the serving guard re-stats the served version's files", _MODEL)
     MODEL_INPUT_WIDTH: Var[int | None] = Var(
         None, "width of the feature service's model-ready image; unset: input_size of the newest version's metadata",

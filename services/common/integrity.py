@@ -162,11 +162,11 @@ class ServingGuard:
         self.repository = Path(repository) if repository else repository_path()
         self.registry = Path(registry) if registry else registry_path()
         self.name = name
-        self.strict = config.MODEL_REGISTRY_ENFORCE.lower() != "warn" if strict is None else strict
+        self.strict = (str(config.MODEL_REGISTRY_ENFORCE).strip().lower() != "warn" if strict is None else strict)
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[tuple, str | None]] = {}
         self._checked_at: dict[str, float] = {}
-        self.recheck_s = config.MODEL_GUARD_RECHECK_S if recheck_s is None else recheck_s
+        self.recheck_s = float(config.MODEL_GUARD_RECHECK_S) if recheck_s is None else recheck_s
         self._warned: set[str] = set()
 
     def _registry_stamp(self) -> tuple:
