@@ -32,6 +32,33 @@ def _multipart(required: list[str], properties: dict) -> dict:
         "type": "object", "required": required, "properties": properties}}}}
 
 
+def _console_paths() -> dict:
+    """The web console and the latest audit report (gateway/console.py)."""
+    html = {"text/html": {"schema": {"type": "string"}}}
+    report = {"type": "object", "required": ["name", "generated_at", "plots", "html", "report"], "properties": {
+        "name": {"type": "string"}, "generated_at": {"type": ["string", "null"]},
+        "plots": {"type": "array", "items": {"type": "string"}}, "html": {"type": "boolean"},
+        "report": {"type": "object"}}}
+    plot = oa.param("name", "path", {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,76}[.]png$"})
+    return {
+        "/": {"get": {"summary": "The web console (static page; the API key is entered in the page)", "security": [],
+                      "responses": {"200": {"description": "the console page", "content": html}, **oa.errors(429)}}},
+        "/api/reports/latest": {"get": {
+            "summary": "The newest audit report written by make audit, and the names of its plots (roles dpo, admin)",
+            "parameters": [RID], "responses": {"200": oa.answer("the report", report),
+                                               **oa.errors(400, 401, 403, 404, 429, 503)}}},
+        "/api/reports/latest.html": {"get": {
+            "summary": "The newest audit report's HTML rendering, as an attachment (roles dpo, admin)",
+            "parameters": [RID], "responses": {"200": {"description": "the report page", "content": html},
+                                               **oa.errors(400, 401, 403, 404, 429)}}},
+        "/api/reports/latest/plots/{name}": {"get": {
+            "summary": "One plot of the newest audit report (roles dpo, admin)",
+            "parameters": [plot, RID],
+            "responses": {"200": {"description": "the plot", "content": {"image/png": {"schema": {
+                "type": "string", "format": "binary"}}}}, **oa.errors(400, 401, 403, 404, 429)}}},
+    }
+
+
 def document() -> dict:
     image = {"type": "string", "format": "binary"}
     export = {"200": oa.answer("the export", s.Export)}
@@ -61,7 +88,7 @@ def document() -> dict:
             "responses": {"200": oa.answer("features", {"type": "object", "required": ["request_id", "features"]}),
                           **oa.errors(400, 401, 413, 415, 429, 503)}}},
         "/api/explain": {"post": {
-            "summary": "Occlusion-sensitivity explanation of the detections of an image",
+            "summary": "Occlusion-sensitivity explanation of the detections of an image (roles dpo, admin)",
             "parameters": [
                 RID,
                 oa.param("threshold", "query", {"type": "number", "minimum": 0.05, "maximum": 1}),
@@ -73,7 +100,7 @@ def document() -> dict:
             "responses": {"200": {"description": "the explanation (JSON, or a PNG heat map with format=png)",
                                   "content": {"application/json": {"schema": {"type": "object"}},
                                               "image/png": {"schema": image}}},
-                          **oa.errors(400, 401, 413, 415, 429, 503)}}},
+                          **oa.errors(400, 401, 403, 413, 415, 429, 503)}}},
         "/api/results/predictions/{request_id}": {"get": {
             "summary": "One stored prediction (a client reads only its own; another's is 404)",
             "parameters": [oa.REQUEST_ID_PATH, RID, CLIENT_QUERY],
@@ -102,6 +129,7 @@ def document() -> dict:
             "parameters": [RID], "requestBody": oa.body(s.SubjectRequest),
             "responses": {**erased, **oa.errors(400, 401, 403, 415, 429, 503)}}},
     }
+    paths.update(_console_paths())
     paths["/openapi.json"]["get"]["responses"].update(oa.errors(429))
     retry_after = {"Retry-After": {"schema": {"type": "integer", "minimum": 0}}}
     responses = {

@@ -76,7 +76,6 @@ feedback = sa.Table(
 
 # The tables that hold personal data (erased per subject, compacted after deletes).
 SUBJECT_TABLES = ("predictions", "feedback")
-COMPACT_LOCK_TIMEOUT_MS = config.env_int("COMPACT_LOCK_TIMEOUT_MS", 5000)
 
 
 class DuplicateRequest(Exception):
@@ -84,7 +83,8 @@ class DuplicateRequest(Exception):
 
 
 def database_url() -> str:
-    return config.env_str("DATABASE_URL", f"sqlite:///{config.var_dir() / 'results.db'}")
+    config.var_dir()  # the default SQLite file lives there
+    return config.DATABASE_URL
 
 
 def make_engine(url: str | None = None, upgrade: bool = True) -> Engine:
@@ -262,7 +262,7 @@ class ResultsStore:
         truncated at commit). The rewrite keeps rows that a snapshot still open somewhere in the
         database might see, so it first waits until no session's snapshot predates `after_xid`
         (the deleting transaction). It takes an exclusive lock on each table for the rewrite.
-        Each wait is bounded by COMPACT_LOCK_TIMEOUT_MS; False when either was not granted."""
+        Each wait is bounded by config.COMPACT_LOCK_TIMEOUT_MS; False when either was not granted."""
         if self.engine.dialect.name == "sqlite":
             with self.engine.connect() as connection:
                 connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -276,7 +276,7 @@ class ResultsStore:
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             if after_xid is not None and not _wait_for_older_snapshots(connection, after_xid):
                 done = False
-            connection.exec_driver_sql(f"SET lock_timeout = {int(COMPACT_LOCK_TIMEOUT_MS)}")
+            connection.exec_driver_sql(f"SET lock_timeout = {int(config.COMPACT_LOCK_TIMEOUT_MS)}")
             try:
                 for name in tables:
                     try:
@@ -297,7 +297,7 @@ def _wait_for_older_snapshots(connection: Any, xid: str) -> bool:
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
         "AND backend_xmin IS NOT NULL AND age(backend_xmin) >= age(CAST(:xid AS xid)) "
         "AND NOT (backend_type = 'autovacuum worker' AND query LIKE 'autovacuum: VACUUM %' AND query NOT LIKE '%ANALYZE%')")
-    deadline = time.monotonic() + COMPACT_LOCK_TIMEOUT_MS / 1000
+    deadline = time.monotonic() + config.COMPACT_LOCK_TIMEOUT_MS / 1000
     while connection.execute(query, {"xid": xid}).scalar_one():
         if time.monotonic() > deadline:
             return False

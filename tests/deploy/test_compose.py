@@ -13,7 +13,7 @@ import pytest
 
 from tests.deploy.deploy_files import (
     COMPOSE_FILE, COMPOSE_GPU_FILE, CONTRACT_MD, CONTRACT_PORTS, ENV_EXAMPLE, LISTEN_PORTS,
-    OBSERVABILITY_FILES, PYTHON_IMAGES, REPO_ROOT, SECRET_VARS, TRITON_DOCKERFILE, check_address,
+    PYTHON_IMAGES, REPO_ROOT, SECRET_VARS, TRITON_DOCKERFILE, check_address,
     compose, compose_env, compose_ports, compose_vars, exec_form, load_yaml, parse_dockerfile,
 )
 
@@ -135,20 +135,13 @@ def test_builds_use_the_repo_root_and_existing_dockerfiles() -> None:
 
 
 def test_mounted_files_exist() -> None:
-    pending = []
+    missing = []
     for name, service in compose()["services"].items():
         for volume in service.get("volumes") or []:
             source = str(volume).split(":")[0]
-            if not source.startswith("./"):
-                continue  # a named volume
-            rel = source[2:].rstrip("/")
-            if (REPO_ROOT / rel).exists():
-                continue
-            assert rel in OBSERVABILITY_FILES, f"{name} mounts ./{rel}, which does not exist"
-            pending.append(rel)
-    if pending:
-        pytest.skip("not yet written by the observability engineer (paths agreed, checked once they exist): "
-                    + ", ".join(sorted(pending)))
+            if source.startswith("./") and not (REPO_ROOT / source[2:].rstrip("/")).exists():
+                missing.append(f"{name} mounts {source}, which does not exist")
+    assert not missing, "\n".join(missing)
 
 
 def test_secrets_come_only_from_env() -> None:
@@ -197,8 +190,7 @@ def test_address_check_catches_a_wrong_port() -> None:
 
 
 def test_contract_ports_match_contract_md() -> None:
-    if not CONTRACT_MD.exists():
-        pytest.skip(f"{CONTRACT_MD} not found (set CONTRACT_MD)")
+    assert CONTRACT_MD.exists(), f"{CONTRACT_MD} not found (set CONTRACT_MD)"
     table = CONTRACT_MD.read_text().split("## Processes and ports", 1)[1].split("\n## ", 1)[0]
     rows = {}
     for line in table.splitlines():
@@ -221,14 +213,12 @@ def test_retention_purge_runs_the_governance_module() -> None:
     service = compose()["services"]["retention-purge"]
     assert "python -m governance.purge" in " ".join(service["command"])
     assert compose_env(service)["DATABASE_URL"].startswith("postgresql://")
-    if not (REPO_ROOT / "governance" / "purge.py").exists():
-        pytest.skip("governance/purge.py not written yet")
+    assert (REPO_ROOT / "governance" / "purge.py").exists()
 
 
 def _observability_file(rel: str) -> Path:
     path = REPO_ROOT / rel
-    if not path.exists():
-        pytest.skip(f"{rel} not written yet by the observability engineer")
+    assert path.exists(), f"{rel} is missing"
     return path
 
 
