@@ -56,7 +56,7 @@ compose-down:
 	python3 scripts/compose/compose.py down
 
 # The system tests against a composed stack of their own (project car-detection-test,
-# host ports 2xxxx); also part of `make test`, which skips them, saying why, where no
+# host ports 3xxxx); also part of `make test`, which skips them, saying why, where no
 # Docker engine can be started.
 test-compose: setup
 	$(PY) -m pytest tests/compose -rs

@@ -238,8 +238,8 @@ def up(args: argparse.Namespace) -> int:
     command = base_command(args, compose, profiles)
     run_env = {**benv, **chosen, "COMPOSE_PROJECT_NAME": project}
     try:
-        # the core (no profile) plus the services asked for by name
-        expected = services_of(base_command(args, compose), run_env) | set(args.service)
+        # the core (no profile; docker-compose 1.29 lists every service) plus the ones asked for
+        expected = {s for s in services_of(command, run_env) if profile_of(s) is None} | set(args.service)
     except images.ImageError as exc:
         return fail(str(exc))
     print(f"compose-up: building {len(expected)} services' images", flush=True)

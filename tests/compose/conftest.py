@@ -1,5 +1,5 @@
 """The composed stack for the tests in this folder: `scripts/compose/compose.py up`
-with a project and host ports of its own (car-detection-test, 2xxxx on 127.0.0.1),
+with a project and host ports of its own (car-detection-test, 3xxxx on 127.0.0.1),
 so neither a user's `make compose-up` nor the local test stack is disturbed.
 
 Where no Docker engine can be started (no root, no docker.io, no dockerd), every
@@ -26,9 +26,9 @@ COMPOSE_PY = REPO_ROOT / "scripts" / "compose" / "compose.py"
 WORK = REPO_ROOT / "var" / "compose-test"
 PROJECT = "car-detection-test"
 PORTS = {
-    "GATEWAY_PORT": 28080, "FEATURE_PORT": 25001, "RESULTS_PORT": 25002, "MODEL_SERVING_PORT": 25051,
-    "TRITON_HTTP_PORT": 28000, "TRITON_GRPC_PORT": 28001, "TRITON_METRICS_PORT": 28002,
-    "POSTGRES_PORT": 25432, "PROMETHEUS_PORT": 29090,
+    "GATEWAY_PORT": 38080, "FEATURE_PORT": 35001, "RESULTS_PORT": 35002, "MODEL_SERVING_PORT": 35051,
+    "TRITON_HTTP_PORT": 38000, "TRITON_GRPC_PORT": 38001, "TRITON_METRICS_PORT": 38002,
+    "POSTGRES_PORT": 35432, "PROMETHEUS_PORT": 39090,
 }
 _skip_reason: list[str] = []
 
