@@ -10,14 +10,17 @@ DATA_DIR ?= $(abspath ../shared/data/car-object-detection)
 export PYTHONPATH := $(CURDIR)
 export DATA_DIR
 
-.PHONY: setup proto run up down status test test-unit test-deploy demo train bench logs trace loadtest purge audit registry certs vuln-audit compose-up compose-down test-compose
+.PHONY: setup lint typecheck config-docs proto run up down status test test-unit test-deploy demo train bench logs trace loadtest purge audit registry certs vuln-audit perf log-shipping-bench compose-up compose-down test-compose
 
 setup: $(INSTALLED) $(PROTO_OUT)
 
-$(INSTALLED): requirements.txt
+# The project itself is installed editable (pyproject.toml); PYTHONPATH above still puts
+# this checkout first, for a venv shared between several checkouts.
+$(INSTALLED): requirements.txt pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -e . --no-deps
 	@touch $@
 
 # gRPC stubs are generated from the one .proto, never edited by hand.
@@ -37,7 +40,7 @@ down:
 status:
 	@$(PY) scripts/stack.py status
 
-test: setup
+test: setup lint
 	@bash scripts/install_tools.sh
 	$(PY) -m pytest tests
 
@@ -64,6 +67,23 @@ test-compose: setup
 test-unit: setup
 	$(PY) -m pytest tests/unit
 
+# Lint is enforced (make test runs it); `ruff format` is configured in pyproject.toml but not enforced.
+lint: setup
+	$(VENV)/bin/ruff check .
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+# Own Logstash shipper against python-logstash (docs/observability.md); python-logstash is
+# installed under var/ for the comparison only, it is not a runtime dependency.
+log-shipping-bench: setup
+	$(PY) -m pip install --quiet --target var/pylogstash python-logstash==0.4.8
+	PYTHONPATH=$(CURDIR)/var/pylogstash:$(CURDIR) LOG_BENCH_EVENTS=$${LOG_BENCH_EVENTS:-20000} $(PY) loadtest/log_shipping.py
+
+# docs/configuration.md is generated from the settings declarations (services/common/config.py).
+config-docs: setup
+	$(PY) -m scripts.config_docs
+
 demo: setup
 	$(PY) scripts/demo.py $(IMAGES)
 
@@ -72,6 +92,11 @@ train: setup
 
 bench: setup
 	$(PY) loadtest/bench.py
+
+# Triton's perf_analyzer on car_detector with real frames, concurrency 1..8, beside bench's
+# Triton-direct client; CSV and table under var/perf/ (scripts/perf.sh installs the tool).
+perf: setup
+	bash scripts/perf.sh
 
 logs:
 	@tail -n 20 -F var/log/*.jsonl

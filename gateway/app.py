@@ -6,6 +6,7 @@ fetched concurrently, the result stored, and only then acknowledged.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from concurrent.futures import ThreadPoolExecutor
@@ -17,9 +18,11 @@ from flask import Response, g, jsonify, request
 from flask_limiter import Limiter
 from google.protobuf.json_format import MessageToDict
 
+from gateway import console
 from gateway.auth import KeyRing, Principal, load_keys
 from gateway.clients import HttpService, ModelServingClient, ResultsService, unavailable
 from services.common import config, metrics
+from services.common.explain import ExplainError, as_json, explain_image, explanation_slot, parse_grid
 from services.common.images import check_image
 from services.common.logs import detection_fields, feature_fields, request_id_var
 from services.common.pseudonym import hash_user_id
@@ -33,7 +36,7 @@ results = ResultsService("results service", config.RESULTS_SERVICE_URL)
 model = ModelServingClient(config.MODEL_SERVING_ADDR)
 keyring = KeyRing(load_keys())
 FEATURE_ROUTES = frozenset({"preprocess"})
-fan_out = ThreadPoolExecutor(max_workers=config.env_int("GATEWAY_FANOUT_THREADS", 16))
+fan_out = ThreadPoolExecutor(max_workers=config.GATEWAY_FANOUT_THREADS)
 
 
 def _check_http(service: HttpService, path: str) -> Callable[[], None]:
@@ -71,8 +74,8 @@ def _rate_key() -> str:
 limiter = Limiter(
     _rate_key,
     app=app,
-    default_limits=[config.env_str("RATE_LIMIT", "50 per second;2000 per minute")],
-    storage_uri=config.env_str("RATELIMIT_STORAGE_URI", "memory://"),
+    default_limits=[config.RATE_LIMIT],
+    storage_uri=config.RATELIMIT_STORAGE_URI,
     # If Redis goes away, limits keep holding per worker instead of failing requests.
     in_memory_fallback_enabled=True,
     headers_enabled=True,
@@ -100,6 +103,9 @@ def require(*roles: str) -> Callable:
         return wrapped
 
     return decorator
+
+
+console.register(app, require)  # the web console at / and the latest audit report (gateway/console.py)
 
 
 def _actor_headers(principal: Principal) -> dict[str, str]:
@@ -262,7 +268,7 @@ def erase_user_data(user_id: str) -> Response:
     return _relay(answer)
 
 
-# --- governance: feedback/recourse and explanations (logic in governance/) ---------------
+# --- governance: feedback/recourse and explanations (engine: services/common/explain.py) ---
 
 @app.post("/api/results/predictions/<request_id>/feedback")
 @require("client", "dpo", "admin")
@@ -278,31 +284,36 @@ def contest_prediction(request_id: str) -> tuple[Response, int] | Response:
 
 
 @app.post("/api/explain")
-@require("client", "dpo", "admin")
+@require("dpo", "admin")
 def explain() -> Response:
     """Occlusion-sensitivity explanation of each detection of an uploaded image
     (multipart field `image`; `?format=png` for the heat map alone, `?grid=12x8`,
-    `?threshold=0.4`). See governance/EXPLAINABILITY.md."""
-    from governance.explain import ExplainError, as_json, explain_image, parse_grid
-
+    `?threshold=0.4`). See governance/EXPLAINABILITY.md. About 100 inferences each:
+    for dpo/admin only, one at a time per worker, under a total deadline."""
     if request.mimetype != "multipart/form-data":
         raise ApiError(415, "send a multipart/form-data body with file field 'image'")
     upload = _single_field("image", request.files)
     if upload is None:
         raise ApiError(400, "missing file field 'image'")
+    threshold = None  # the served version's operating threshold
+    if "threshold" in request.args:
+        try:
+            threshold = float(request.args["threshold"])
+        except ValueError:
+            raise ApiError(400, "threshold must be a number between 0.05 and 1") from None
+        if not 0.05 <= threshold <= 1.0:
+            raise ApiError(400, "threshold must be a number between 0.05 and 1")
     try:
-        threshold = float(request.args.get("threshold", config.CONFIDENCE_THRESHOLD))
-    except ValueError:
-        raise ApiError(400, "threshold must be a number between 0.05 and 1") from None
-    if not 0.05 <= threshold <= 1.0:
-        raise ApiError(400, "threshold must be a number between 0.05 and 1")
-    try:
-        result = explain_image(upload.read(), threshold=threshold, grid=parse_grid(request.args.get("grid")))
+        grid = parse_grid(request.args.get("grid"))
+        with explanation_slot():
+            result = explain_image(upload.read(), threshold=threshold, grid=grid)
     except ExplainError as exc:
+        retry_after = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s or config.RETRY_AFTER_S)))}
         if exc.status >= 500:  # the detail may name internal hosts: log it, do not show it
             log.warning("explanation failed: %s", exc.message, extra={"event.action": "explain", "event.outcome": "failure"})
-            raise ApiError(503, "the model server is unavailable; retry later", {"Retry-After": "5"}) from None
-        raise ApiError(exc.status, exc.message) from None
+            raise ApiError(503, exc.message if exc.public else "the model server is unavailable; retry later",
+                           retry_after) from None
+        raise ApiError(exc.status, exc.message, retry_after if exc.status == 429 else None) from None
     log.info("explained %d detections", len(result.body["detections"]), extra={
         "event.action": "explain", "event.outcome": "success", "model.version": result.body["model_version"],
         "detection.count": len(result.body["detections"])})

@@ -29,7 +29,7 @@ from services.common.web import INTERNAL_TOKEN_HEADER, ApiError, internal_token
 from services.proto import model_serving_pb2 as pb
 from services.proto import model_serving_pb2_grpc as pb_grpc
 
-RETRY_AFTER_S = config.env_int("RETRY_AFTER_S", 5)
+RETRY_AFTER_S = config.RETRY_AFTER_S
 RETRY_PAUSE_S = 0.2
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 

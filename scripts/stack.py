@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from services.common.config import REPO_ROOT
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 CONF = REPO_ROOT / "scripts" / "supervisord.conf"
 START_TIMEOUT_S = float(os.environ.get("STACK_START_TIMEOUT_S", "240"))
@@ -129,13 +129,11 @@ def prepare(env: dict[str, str]) -> None:
     for sub in ("log", "run", "secrets"):
         (var_dir(env) / sub).mkdir(parents=True, exist_ok=True)
     if not env.get("API_KEYS") and not env.get("API_KEYS_FILE"):
-        sys.path.insert(0, str(REPO_ROOT))
         os.environ["VAR_DIR"] = env["VAR_DIR"]
         from gateway.auth import default_keys_file, ensure_keys_file
 
         ensure_keys_file(default_keys_file())
     # Prometheus when installed (else one line saying so); fresh multiprocess metric files.
-    sys.path.insert(0, str(REPO_ROOT))
     from observability.local_prometheus import prepare as prepare_prometheus
 
     print(prepare_prometheus(env, var_dir(env)), flush=True)

@@ -7,7 +7,6 @@ headers, one ECS access-log line per request, and `/health` and `/ready`.
 from __future__ import annotations
 
 import hmac
-import os
 import re
 import time
 import uuid
@@ -62,7 +61,7 @@ def internal_token() -> str | None:
     """The optional service-to-service token (`INTERNAL_TOKEN` or `INTERNAL_TOKEN_FILE`).
     When set, the feature and results services require it in `X-Internal-Token` and the
     gateway sends it; unset, they rely on network isolation (docs/reliability.md)."""
-    if os.environ.get("INTERNAL_TOKEN", "").strip() or os.environ.get("INTERNAL_TOKEN_FILE", "").strip():
+    if config.INTERNAL_TOKEN or config.INTERNAL_TOKEN_FILE:
         return config.secret("INTERNAL_TOKEN")
     return None
 

@@ -23,13 +23,13 @@ from services.common.images import ImageRejected, check_image
 from services.common.logs import detection_fields, request_id_var, setup_logging
 from services.common.pseudonym import hash_user_id
 from services.model_serving.triton import ModelRejected, ModelUnavailable, TritonDetector
-from governance.model_registry import ServingGuard
+from services.common.integrity import ServingGuard
 from services.proto import model_serving_pb2 as pb
 from services.proto import model_serving_pb2_grpc as pb_grpc
 
 SERVICE_NAME = "model-serving"
 FULL_SERVICE_NAME = "modelserving.ModelServing"
-HEALTH_PROBE_INTERVAL_S = config.env_float("HEALTH_PROBE_INTERVAL_S", 2.0)
+HEALTH_PROBE_INTERVAL_S = config.HEALTH_PROBE_INTERVAL_S
 
 log = setup_logging(SERVICE_NAME)
 
@@ -72,7 +72,7 @@ class ModelServingServicer(pb_grpc.ModelServingServicer):
         except ImageRejected as exc:
             log.info("image rejected: %s", exc.message, extra={"event.action": "predict", "event.outcome": "failure", **user})
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
-        threshold = request.min_confidence if request.min_confidence > 0 else config.CONFIDENCE_THRESHOLD
+        threshold = request.min_confidence if request.min_confidence > 0 else None  # None: the served version's
         try:
             inference = self.detector.detect(image.model_bytes, request_id, threshold)
         except ModelRejected as exc:
@@ -141,7 +141,7 @@ def serve() -> None:
     detector = TritonDetector(config.TRITON_GRPC_URL, config.TRITON_MODEL_NAME, config.INTERNAL_TIMEOUT_S)
     message_limit = config.MAX_UPLOAD_BYTES + 64 * 1024
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.env_int("GRPC_WORKERS", 16)),
+        futures.ThreadPoolExecutor(max_workers=config.GRPC_WORKERS),
         options=[
             ("grpc.max_receive_message_length", message_limit),
             ("grpc.max_send_message_length", message_limit),
@@ -151,7 +151,7 @@ def serve() -> None:
     pb_grpc.add_ModelServingServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    address = f"{config.env_str('BIND_HOST', '127.0.0.1')}:{config.MODEL_SERVING_PORT}"
+    address = f"{config.BIND_HOST}:{config.MODEL_SERVING_PORT}"
     credentials = tls.grpc_server_credentials()  # TLS when GRPC_TLS_CERT_FILE/KEY_FILE are set
     if credentials is None:
         server.add_insecure_port(address)
@@ -160,8 +160,7 @@ def serve() -> None:
     stop = threading.Event()
     threading.Thread(target=_follow_triton, args=(detector, health_servicer, stop, servicer), daemon=True).start()
     server.start()
-    metrics_port = config.env_int("MODEL_SERVING_METRICS_PORT", 9151)
-    metrics.serve_standalone(SERVICE_NAME, metrics_port, config.env_str("BIND_HOST", "127.0.0.1"))
+    metrics.serve_standalone(SERVICE_NAME, config.MODEL_SERVING_METRICS_PORT, config.BIND_HOST)
     log.info("listening on %s, Triton at %s", address, config.TRITON_GRPC_URL, extra={"event.action": "start"})
 
     def _shutdown(signum: int, _frame: object) -> None:

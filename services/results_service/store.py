@@ -70,7 +70,8 @@ class DuplicateRequest(Exception):
 
 
 def database_url() -> str:
-    return config.env_str("DATABASE_URL", f"sqlite:///{config.var_dir() / 'results.db'}")
+    config.var_dir()  # the default SQLite file lives there
+    return config.DATABASE_URL
 
 
 def make_engine(url: str | None = None) -> Engine:

@@ -11,7 +11,7 @@ import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from governance.explain import iou
+from services.common.explain import iou
 from services.proto import model_serving_pb2 as pb
 from services.proto import model_serving_pb2_grpc as pb_grpc
 from tests.conftest import DATA_DIR, frame, headers
