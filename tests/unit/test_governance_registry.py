@@ -181,7 +181,7 @@ def test_a_swapped_file_with_restored_size_and_mtime_is_caught(repo):
 
 
 def test_the_serving_guard_looks_at_the_files_again_after_its_interval(repo, monkeypatch):
-    import governance.model_registry as registry_module
+    import services.common.integrity as registry_module
 
     now = [1000.0]  # the guard's clock, moved by hand: no sleep, no window a loaded machine can miss
 
