@@ -188,7 +188,8 @@ def retention(ctx: AuditContext) -> dict[str, Any]:
                 "oldest_row_age_days": round((now() - oldest).total_seconds() / 86400, 2) if oldest else None,
                 "last_purge": last_purge.isoformat(timespec="seconds") if last_purge else None}
     finding = (f"{expired} predictions are older than {days} days." if expired else
-               f"No prediction is older than {days} days (oldest: {evidence['oldest_row_age_days']} days).")
+               (f"No prediction is older than {days} days (oldest: {evidence['oldest_row_age_days']} days)."
+                if oldest else "No prediction is stored."))
     return check("retention", f"No prediction older than RETENTION_DAYS ({days})", "fail" if expired else "pass",
                  evidence, "rows counted in the results database; purge runs are journaled", finding)
 
