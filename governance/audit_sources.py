@@ -105,7 +105,7 @@ def run_canary(store: GovernanceStore, results_url: str) -> dict[str, Any]:
     request_id = f"audit-canary-{uuid.uuid4().hex}"
     marker = f"canary{uuid.uuid4().hex[:24]}"
     headers = {"X-Actor-Role": "service", "X-Actor-Id": "governance-audit"}
-    token = os.environ.get("INTERNAL_TOKEN", "").strip()
+    token = config.INTERNAL_TOKEN
     if token:  # internal services refuse callers without the service token
         headers.update({"X-Internal-Token": token, "Authorization": f"Bearer {token}"})
     steps: dict[str, Any] = {"raw_id": raw_id, "request_id": request_id}

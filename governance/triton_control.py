@@ -20,13 +20,12 @@ from pathlib import Path
 
 import requests
 
+from services.common.config import settings
 from services.common.integrity import DEFAULT_MODEL_NAME, version_key
 
 
 def triton_http_url() -> str:
-    url = os.environ.get("TRITON_HTTP_URL", "").strip()
-    if not url:
-        url = f"127.0.0.1:{os.environ.get('TRITON_HTTP_PORT', '8000')}"
+    url = settings.TRITON_HTTP_URL
     return url if url.startswith("http") else f"http://{url}"
 
 
