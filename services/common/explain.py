@@ -253,6 +253,7 @@ def _explain(rgb: Image.Image, model_bytes: bytes, threshold: float | None, grid
         count = 1 + len(cells)
         results: list[tuple[np.ndarray, np.ndarray, list[str]]] = []
         for start in range(0, count, batch_size):
+            _remaining_s()  # past the deadline: stop here, whatever the infer function
             chunk, _ = infer([variant(i) for i in range(start, min(count, start + batch_size))])
             results.extend(chunk)
         body["inferences"] = 1 + count
