@@ -114,6 +114,7 @@ class TritonInfer:
         except TritonRejected as exc:
             raise ExplainError(f"the model could not read the image: {exc}", 400) from None
         except TritonUnavailable as exc:
+            _remaining_s()  # a call cut by the explanation's own deadline says so
             raise ExplainError(f"the model server could not run the explanation: {exc}", 503,
                                retry_after_s=exc.retry_after_s) from None
         return [(r.boxes, r.scores, r.labels) for r in result.images], result.model_version
