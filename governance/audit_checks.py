@@ -8,7 +8,6 @@ unreachable), the evidence it was judged on, how it was measured (`basis`) and a
 from __future__ import annotations
 
 import json
-import os
 import re
 import stat
 from collections import Counter
@@ -249,7 +248,7 @@ def at_rest(ctx: AuditContext) -> dict[str, Any]:
     else:
         evidence["postgres_at_rest"] = "not encrypted by the application; depends on the volume/disk encryption"
     key_file = config.var_dir() / "secrets" / "pseudonym_key"
-    if os.environ.get("PSEUDONYM_KEY"):
+    if config.PSEUDONYM_KEY:
         evidence["pseudonym_key"] = "from environment (secret store)"
     elif key_file.exists():
         mode = stat.S_IMODE(key_file.stat().st_mode)
