@@ -45,8 +45,7 @@ import numpy as np
 import psutil
 import requests
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from services.common.config import REPO_ROOT
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Every TensorFlow here (in process, both Flask baselines) runs with the same kernels as
 # Triton's (services/triton/run.sh), so the rows differ by architecture, not by TF settings.
@@ -193,8 +192,10 @@ def in_process() -> Callable[[], Callable[[bytes], None]]:
 def triton_direct() -> Callable[[], Callable[[bytes], None]]:
     import tritonclient.grpc as grpcclient
 
+    from services.common import triton_client
+
     # One client (one channel) shared by every thread, as a notebook or service would.
-    client = grpcclient.InferenceServerClient(f"127.0.0.1:{ENV['TRITON_GRPC_PORT']}")
+    client = triton_client.connect(f"127.0.0.1:{ENV['TRITON_GRPC_PORT']}")
     outputs = [grpcclient.InferRequestedOutput(name) for name in ("BOXES", "SCORES", "LABELS")]
 
     def call(image: bytes) -> None:

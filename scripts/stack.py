@@ -22,24 +22,18 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from services.common.config import REPO_ROOT, Settings, settings
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 CONF = REPO_ROOT / "scripts" / "supervisord.conf"
 START_TIMEOUT_S = float(os.environ.get("STACK_START_TIMEOUT_S", "240"))
 
-DEFAULTS = {
-    "BIND_HOST": "127.0.0.1",
-    "GATEWAY_PORT": "8080",
-    "FEATURE_PORT": "5001",
-    "RESULTS_PORT": "5002",
-    "MODEL_SERVING_PORT": "50051",
-    "TRITON_HTTP_PORT": "8000",
-    "TRITON_GRPC_PORT": "8001",
-    "TRITON_METRICS_PORT": "8002",
-    # The stack's own password-protected Redis (rate limits shared by the gateway's workers),
-    # unless RATELIMIT_STORAGE_URI names another one.
-    "REDIS_PORT": "6380",
-}
+# scripts/supervisord.conf interpolates these, so they must be in the environment: the
+# declared defaults (services/common/config.py) unless set. REDIS_PORT: the stack's own
+# password-protected Redis (rate limits shared by the gateway's workers), unless
+# RATELIMIT_STORAGE_URI names another one.
+DEFAULTS = {name: str(getattr(Settings, name).default) for name in (
+    "BIND_HOST", "GATEWAY_PORT", "FEATURE_PORT", "RESULTS_PORT", "MODEL_SERVING_PORT",
+    "TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT", "REDIS_PORT")}
 # Without a redis-server binary: the machine's Redis, as before (no password).
 FALLBACK_REDIS_URI = "redis://127.0.0.1:6379/0"
 
@@ -48,7 +42,7 @@ def stack_env() -> dict[str, str]:
     env = dict(os.environ)
     for name, value in DEFAULTS.items():
         env.setdefault(name, value)
-    env.setdefault("VAR_DIR", str(REPO_ROOT / "var"))
+    env.setdefault("VAR_DIR", Settings.VAR_DIR.resolved_default(settings))
     env["REPO_ROOT"] = str(REPO_ROOT)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
@@ -202,13 +196,11 @@ def prepare(env: dict[str, str]) -> None:
     _secret_file(env, "TRITON_ADMIN_KEY")
     print(prepare_redis(env), flush=True)
     if not env.get("API_KEYS") and not env.get("API_KEYS_FILE"):
-        sys.path.insert(0, str(REPO_ROOT))
         os.environ["VAR_DIR"] = env["VAR_DIR"]
         from gateway.auth import default_keys_file, ensure_keys_file
 
         ensure_keys_file(default_keys_file())
     # Prometheus when installed (else one line saying so); fresh multiprocess metric files.
-    sys.path.insert(0, str(REPO_ROOT))
     from observability.local_prometheus import prepare as prepare_prometheus
 
     print(prepare_prometheus(env, var_dir(env)), flush=True)

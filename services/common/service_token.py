@@ -6,7 +6,6 @@ Kept free of Flask so the gRPC adapter can use it too.
 from __future__ import annotations
 
 import hmac
-import os
 
 from services.common import config
 
@@ -21,7 +20,7 @@ def internal_token() -> str:
     caller) refuse to start without it. The local stack generates one into var/secrets;
     compose and Kubernetes take it from their secrets. Never generated here: a service
     that made up its own token would lock out every caller."""
-    if not (os.environ.get("INTERNAL_TOKEN", "").strip() or os.environ.get("INTERNAL_TOKEN_FILE", "").strip()):
+    if not (config.INTERNAL_TOKEN.strip() or config.INTERNAL_TOKEN_FILE.strip()):
         raise SystemExit("configuration error: INTERNAL_TOKEN (or INTERNAL_TOKEN_FILE) must be set: internal "
                          "services accept only callers holding the service token (scripts/stack.py generates one)")
     token = config.secret("INTERNAL_TOKEN")

@@ -8,7 +8,7 @@ from PIL import Image
 
 from services.common.images import ImageRejected, check_image
 from tests.conftest import frame
-from tests.images import encode, hostile_uploads, png_bomb, unusual_variants
+from tests.images import encode, hostile_uploads, open_frame, png_bomb, unusual_variants
 
 
 def test_a_plain_frame_is_passed_to_the_model_unchanged():
@@ -32,9 +32,13 @@ def test_exif_rotation_is_applied_before_the_model_sees_the_image():
 
 
 def test_sixteen_bit_greyscale_is_scaled_not_clipped():
+    """The 16-bit frame is the 8-bit grey frame times 257: scaled back, every pixel is
+    the original grey (clipping would turn nearly all of it white)."""
     checked = check_image(unusual_variants(frame())["16bit-png"])
-    values = checked.rgb.convert("L").getextrema()
-    assert values[1] < 255 or values[0] > 0  # not a white frame
+    got = np.asarray(checked.rgb.convert("L"), dtype=np.int16)
+    want = np.asarray(open_frame(frame()).convert("L"), dtype=np.int16)
+    assert got.shape == want.shape and np.abs(got - want).max() <= 1
+    assert (got == 255).mean() < 0.5 and got.std() > 10  # a scene, not a white frame
 
 
 @pytest.mark.parametrize("name", list(hostile_uploads(frame())))
