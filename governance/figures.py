@@ -66,8 +66,7 @@ def measured() -> dict[str, Any]:
     return {"version": version, "values": values, "thresholds": thresholds,
             "model_ids": {e["model_id"] for e in load_registry().get("models", [])},
             "fingerprint": str((meta.get("dataset") or {}).get("fingerprint") or ""),
-            "retention": {"RETENTION_DAYS": Settings.RETENTION_DAYS.default,
-                          "AUDIT_RETENTION_DAYS": Settings.AUDIT_RETENTION_DAYS.default},
+            "retention": {"RETENTION_DAYS": Settings.RETENTION_DAYS.default, "AUDIT_RETENTION_DAYS": Settings.AUDIT_RETENTION_DAYS.default},
             "meta": meta}
 
 

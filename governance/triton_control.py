@@ -20,12 +20,12 @@ from pathlib import Path
 
 import requests
 
-from services.common import config
+from services.common.config import settings
 from services.common.integrity import DEFAULT_MODEL_NAME, version_key
 
 
 def triton_http_url() -> str:
-    url = str(config.TRITON_HTTP_URL).strip()
+    url = settings.TRITON_HTTP_URL
     return url if url.startswith("http") else f"http://{url}"
 
 

@@ -39,11 +39,14 @@ INTERNET_SKIP = "needs the internet"
 KEYS = {"client": "client-a-key-0123456789", "client_b": "client-b-key-0123456789",
         "dpo": "dpo-key-0123456789", "admin": "admin-key-0123456789"}
 
-PORTS = {
+# TEST_PORT_OFFSET shifts every port (and the machine-wide lock) so that a second session
+# stack can run beside the first, e.g. TEST_PORT_OFFSET=10000 for 2xxxx ports.
+PORT_OFFSET = int(os.environ.get("TEST_PORT_OFFSET", "0"))
+PORTS = {name: str(int(port) + PORT_OFFSET) for name, port in {
     "GATEWAY_PORT": "18080", "FEATURE_PORT": "15001", "RESULTS_PORT": "15002",
     "MODEL_SERVING_PORT": "15051", "TRITON_HTTP_PORT": "18000", "TRITON_GRPC_PORT": "18001",
-    "TRITON_METRICS_PORT": "18002", "MODEL_SERVING_METRICS_PORT": "19151",
-}
+    "TRITON_METRICS_PORT": "18002", "MODEL_SERVING_METRICS_PORT": "19151", "PROMETHEUS_PORT": "19090",
+}.items()}
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -116,7 +119,7 @@ def stack_command(env: dict[str, str], command: str) -> subprocess.CompletedProc
 @pytest.fixture(scope="session")
 def stack(postgres: Postgres, redis_server: Redis) -> Iterator[Stack]:
     # One test stack per machine at a time: concurrent sessions would share its ports.
-    lock = open("/tmp/car-detection-test-stack.lock", "w")
+    lock = open(f"/tmp/car-detection-test-stack{'-' + str(PORT_OFFSET) if PORT_OFFSET else ''}.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
     shutil.rmtree(TEST_VAR, ignore_errors=True)
     env = dict(os.environ, **PORTS)

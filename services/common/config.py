@@ -89,6 +89,7 @@ class Settings(SettingsBase):
 
     # --- storage, data and retention --------------------------------------------------------
     VAR_DIR = Var("{REPO_ROOT}/var", "runtime files: logs, SQLite file, generated secrets", _DATA)
+    REPORTS_DIR = Var("{VAR_DIR}/reports", "where `make audit` writes its reports (the console shows the newest)", _DATA)
     DATABASE_URL = Var("sqlite:///{VAR_DIR}/results.db", "the results database (postgresql://... in deployments)", _DATA)
     DATA_DIR = Var("{REPO_ROOT}/../shared/data/car-object-detection", "the labelled data set (training, drift baseline)",
                    _DATA)
@@ -134,6 +135,7 @@ class Settings(SettingsBase):
     LOGSTASH_SEND_TIMEOUT_S = Var(5.0, "socket timeout of one send to Logstash", _OBS)
     LOGSTASH_EXIT_FLUSH_S = Var(2.0, "seconds a stopping process waits for queued lines to ship", _OBS)
     LOGSTASH_FLAP_WINDOW_S = Var(60.0, "a failure this soon after a recovery continues the same outage notice", _OBS)
+    CHROMIUM_BIN = Var("", "Chromium that renders the audit report's PDF (default: chromium on PATH)", _OBS)
     METRICS_DIR = Var("", "prometheus-client multiprocess directory (default: under VAR_DIR when under gunicorn)", _OBS)
 
     # --- deployment files only -------------------------------------------------------------

@@ -343,10 +343,14 @@ def test_no_acknowledged_result_is_lost_when_services_restart_under_load(stack):
     lost = set(acknowledged) - stored
     assert load.count(201) > 20, load.summary()
     assert not lost, f"acknowledged but not stored: {sorted(lost)[:10]}"
+    # graceful restarts (SIGTERM): in-flight requests finish, so every stored row got its 201
+    # (hard kills, where a retry settles it, are in test_hard_faults.py)
+    unacknowledged = stored - set(acknowledged)
+    assert not unacknowledged, f"stored without a 201: {sorted(unacknowledged)[:10]}"
     odd = [o for o in load.outcomes if o.status not in (201, 503) and not isinstance(o.status, str)]
     assert not odd, odd[:5]
     assert not [o for o in load.outcomes if isinstance(o.status, str) and o.status.startswith("bad 5xx")]
     record_figures("restart_under_load", {
         **load.summary(), "restart_s": restarts, "acknowledged": len(acknowledged), "acknowledged_lost": len(lost),
-        "stored_without_acknowledgement": len(stored - set(acknowledged)),
+        "stored_without_acknowledgement": len(unacknowledged),
     })
