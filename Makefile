@@ -10,7 +10,7 @@ DATA_DIR ?= $(abspath ../shared/data/car-object-detection)
 export PYTHONPATH := $(CURDIR)
 export DATA_DIR
 
-.PHONY: setup lint typecheck config-docs proto run up down status test test-unit test-deploy demo train bench logs trace loadtest purge audit registry certs vuln-audit perf log-shipping-bench
+.PHONY: setup lint typecheck config-docs proto run up down status test test-unit test-deploy demo train bench logs trace loadtest purge audit registry certs vuln-audit perf log-shipping-bench openapi migrate rotate-pseudonym-key compose-up compose-down test-compose
 
 setup: $(INSTALLED) $(PROTO_OUT)
 
@@ -47,6 +47,22 @@ test: setup lint
 test-deploy: setup
 	@bash scripts/install_tools.sh
 	$(PY) -m pytest tests/deploy
+
+# docker compose on this machine (docs/deployment.md): engine, base images (local
+# stand-ins where no registry answers), .env with fresh secrets, TLS certificates,
+# build, start; 0 only once every container is healthy. TLS=0: plaintext opt-out.
+# System python3 on purpose: no virtualenv is needed to start the containers.
+compose-up:
+	python3 scripts/compose/compose.py up
+
+compose-down:
+	python3 scripts/compose/compose.py down
+
+# The system tests against a composed stack of their own (project car-detection-test,
+# host ports 3xxxx); also part of `make test`, which skips them, saying why, where no
+# Docker engine can be started.
+test-compose: setup
+	$(PY) -m pytest tests/compose -rs
 
 test-unit: setup
 	$(PY) -m pytest tests/unit
@@ -99,6 +115,19 @@ loadtest: setup
 # Retention: delete predictions older than RETENTION_DAYS (default 30) and journal it.
 purge: setup
 	$(PY) -m governance.purge
+
+# The gateway's and results service's OpenAPI documents, generated from services/common/schemas.py.
+openapi: setup
+	$(PY) scripts/openapi.py
+
+# Bring the results database (DATABASE_URL, else var/results.db) to the latest Alembic revision
+# (the results service also does it at start).
+migrate: setup
+	$(PY) -m services.results_service.migrations
+
+# Pseudonymisation key: ARGS="rotate" (default) | "status" | "retire <key id>" (governance/RGPD.md).
+rotate-pseudonym-key: setup
+	$(PY) scripts/rotate_pseudonym_key.py $(or $(ARGS),rotate)
 
 # Usage, compliance and performance reports (JSON, Markdown, HTML) under var/reports/.
 audit: setup

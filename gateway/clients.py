@@ -108,7 +108,7 @@ class _Stored(NamedTuple):
 
 
 class ResultsService(HttpService):
-    """The results service. `POST /predictions` is idempotent by its unique request id,
+    """The results service. `POST /predictions` is idempotent by its (client, request id),
     so it may be retried once; a 409 for the *retry* is checked against the stored
     record: if it is the prediction we sent, the first attempt stored it -> 201."""
 
@@ -119,8 +119,9 @@ class ResultsService(HttpService):
         sent = kwargs["json"]
         answer = super().call(method, path, request_id, True, **kwargs)
         if answer.status_code == 409 and getattr(answer, "attempts", 1) > 1:
+            # Request ids are per client: look in the sender's namespace only.
             stored = super().call("GET", f"/predictions/{sent['request_id']}", request_id,
-                                  headers=kwargs.get("headers", {}))
+                                  params={"client_id": sent["client_id"]}, headers=kwargs.get("headers", {}))
             if stored.status_code == 200 and _same_prediction(stored.json(), sent):
                 return _Stored(201)
         return answer
@@ -155,8 +156,9 @@ class ModelServingClient:
                 self._stub, self._pid = pb_grpc.ModelServingStub(channel), os.getpid()
             return self._stub
 
-    def predict(self, image: bytes, user_id: str, request_id: str) -> pb.PredictionResponse:
-        """No retry: the adapter fails fast when Triton is down, and a retry would only
+    def predict(self, image: bytes, user_hash: str, request_id: str) -> pb.PredictionResponse:
+        """The subject goes as its keyed hash (`user_hash`), never in clear.
+        No retry: the adapter fails fast when Triton is down, and a retry would only
         double the wait; the breaker turns repeated failures into an immediate 503."""
         try:
             self.breaker.before_call()
@@ -164,7 +166,7 @@ class ModelServingClient:
             raise unavailable("the model", open_.retry_after) from None
         try:
             answer = self.stub().Predict(
-                pb.PredictionRequest(request_id=request_id, image_data=image, user_id=user_id),
+                pb.PredictionRequest(request_id=request_id, image_data=image, user_hash=user_hash),
                 timeout=config.INTERNAL_TIMEOUT_S,
                 metadata=(("x-request-id", request_id),),
             )

@@ -22,7 +22,7 @@ from typing import Any
 
 from governance.audit_checks import check
 from governance.audit_sources import model_metadata, served_version
-from governance.purge import DEFAULT_AUDIT_RETENTION_DAYS, DEFAULT_RETENTION_DAYS
+from services.common.config import Settings
 from services.common.integrity import load_registry
 
 DOCS = ("MODEL_CARD.md", "DATASHEET.md", "CHECKLIST_GOUVERNANCE.md", "RGPD.md")
@@ -66,7 +66,7 @@ def measured() -> dict[str, Any]:
     return {"version": version, "values": values, "thresholds": thresholds,
             "model_ids": {e["model_id"] for e in load_registry().get("models", [])},
             "fingerprint": str((meta.get("dataset") or {}).get("fingerprint") or ""),
-            "retention": {"RETENTION_DAYS": DEFAULT_RETENTION_DAYS, "AUDIT_RETENTION_DAYS": DEFAULT_AUDIT_RETENTION_DAYS},
+            "retention": {"RETENTION_DAYS": Settings.RETENTION_DAYS.default, "AUDIT_RETENTION_DAYS": Settings.AUDIT_RETENTION_DAYS.default},
             "meta": meta}
 
 

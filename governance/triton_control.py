@@ -20,13 +20,12 @@ from pathlib import Path
 
 import requests
 
+from services.common.config import settings
 from services.common.integrity import DEFAULT_MODEL_NAME, version_key
 
 
 def triton_http_url() -> str:
-    url = os.environ.get("TRITON_HTTP_URL", "").strip()
-    if not url:
-        url = f"127.0.0.1:{os.environ.get('TRITON_HTTP_PORT', '8000')}"
+    url = settings.TRITON_HTTP_URL
     return url if url.startswith("http") else f"http://{url}"
 
 
@@ -53,9 +52,9 @@ def _policy_span(text: str) -> tuple[int, int] | None:
     raise ValueError("config.pbtxt: unbalanced braces in version_policy")
 
 
-def set_version_policy(config: Path, versions: list[int], deprecated: list[str]) -> None:
+def set_version_policy(config_file: Path, versions: list[int], deprecated: list[str]) -> None:
     """Pin config.pbtxt's version_policy to `versions`, atomically."""
-    text = config.read_text()
+    text = config_file.read_text()
     text = re.sub(r"^# governance: .*\n", "", text, flags=re.MULTILINE)
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     block = (f"# governance: version_policy set by governance/model_registry.py at {stamp}; "
@@ -63,11 +62,11 @@ def set_version_policy(config: Path, versions: list[int], deprecated: list[str])
              f"version_policy: {{ specific: {{ versions: [ {', '.join(str(v) for v in versions)} ] }} }}")
     span = _policy_span(text)
     text = text[:span[0]] + block + text[span[1]:] if span else text.rstrip("\n") + "\n\n" + block + "\n"
-    fd, tmp = tempfile.mkstemp(dir=config.parent, prefix=".config-", suffix=".pbtxt")
+    fd, tmp = tempfile.mkstemp(dir=config_file.parent, prefix=".config-", suffix=".pbtxt")
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     os.chmod(tmp, 0o644)
-    os.replace(tmp, config)  # atomic: a polling Triton never reads half a file
+    os.replace(tmp, config_file)  # atomic: a polling Triton never reads half a file
 
 
 def request_triton_reload(name: str = DEFAULT_MODEL_NAME, timeout: float = 60.0) -> str:

@@ -20,30 +20,25 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from services.common.config import REPO_ROOT
+from services.common.config import REPO_ROOT, Settings, settings
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 CONF = REPO_ROOT / "scripts" / "supervisord.conf"
 START_TIMEOUT_S = float(os.environ.get("STACK_START_TIMEOUT_S", "240"))
 
-DEFAULTS = {
-    "BIND_HOST": "127.0.0.1",
-    "GATEWAY_PORT": "8080",
-    "FEATURE_PORT": "5001",
-    "RESULTS_PORT": "5002",
-    "MODEL_SERVING_PORT": "50051",
-    "TRITON_HTTP_PORT": "8000",
-    "TRITON_GRPC_PORT": "8001",
-    "TRITON_METRICS_PORT": "8002",
-    # Rate limits must hold across gunicorn workers: they share Redis.
-    "RATELIMIT_STORAGE_URI": "redis://127.0.0.1:6379/0",
-}
+# scripts/supervisord.conf interpolates these, so they must be in the environment: the
+# declared defaults (services/common/config.py) unless set.
+DEFAULTS = {name: str(getattr(Settings, name).default) for name in (
+    "BIND_HOST", "GATEWAY_PORT", "FEATURE_PORT", "RESULTS_PORT", "MODEL_SERVING_PORT",
+    "TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT")}
+# Rate limits must hold across gunicorn workers: they share Redis.
+DEFAULTS["RATELIMIT_STORAGE_URI"] = "redis://127.0.0.1:6379/0"
 
 
 def stack_env() -> dict[str, str]:
     env = dict(os.environ)
     for name, value in DEFAULTS.items():
         env.setdefault(name, value)
-    env.setdefault("VAR_DIR", str(REPO_ROOT / "var"))
+    env.setdefault("VAR_DIR", Settings.VAR_DIR.resolved_default(settings))
     env["REPO_ROOT"] = str(REPO_ROOT)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"

@@ -65,14 +65,14 @@ class Postgres:
     _run_as: list[str] = field(default_factory=list)
 
     @classmethod
-    def at_or_start(cls, admin_dsn: str) -> "Postgres":
+    def at_or_start(cls, admin_dsn: str) -> Postgres:
         parts = urlsplit(admin_dsn)
         if _answers(parts.hostname or "127.0.0.1", parts.port or 5432):
             return cls(admin_dsn)
         return cls.start()
 
     @classmethod
-    def start(cls) -> "Postgres":
+    def start(cls) -> Postgres:
         initdb, pg_ctl = _find_binary("initdb"), _find_binary("pg_ctl")
         data_dir = Path(tempfile.mkdtemp(prefix="car-detection-test-pg-"))
         run_as: list[str] = []
@@ -123,7 +123,7 @@ class Redis:
     process: subprocess.Popen | None = None
 
     @classmethod
-    def at_or_start(cls, url: str | None) -> "Redis":
+    def at_or_start(cls, url: str | None) -> Redis:
         if url:
             parts = urlsplit(url)
             if _answers(parts.hostname or "127.0.0.1", parts.port or 6379):

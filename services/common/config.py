@@ -20,7 +20,7 @@ from typing import Any
 
 from services.common.settings import REPO_ROOT, SettingsBase, Var
 
-__all__ = ["REPO_ROOT", "Settings", "Var", "secret", "settings", "var_dir"]
+__all__ = ["REPO_ROOT", "Settings", "Var", "secret", "secret_list", "settings", "var_dir"]
 
 _NET, _MODEL, _LIMITS, _XAI = "Ports and addresses", "Model", "Limits, timeouts, workers", "Explanations (/api/explain)"
 _DATA, _SEC, _OBS, _DEPLOY = "Storage, data and retention", "Secrets and TLS", "Logs and metrics", "Deployment files only"
@@ -52,7 +52,9 @@ class Settings(SettingsBase):
     MODEL_REPOSITORY = Var("{REPO_ROOT}/model_repository", "the Triton model repository (registry, metadata)", _MODEL)
     MODEL_REGISTRY_PATH = Var("{REPO_ROOT}/governance/model_registry.json", "the model registry (hashes of each version)",
                               _MODEL)
-    MODEL_REGISTRY_ENFORCE = Var("", "'strict': refuse a version missing from the registry too (default: warn)", _MODEL)
+    MODEL_REGISTRY_ENFORCE = Var("strict", "'strict': refuse a version that is unregistered, unreadable or not visible; "
+                                 "'warn': serve it with a warning (development only); a mismatch is always refused",
+                                 _MODEL)
     MODEL_GUARD_RECHECK_S = Var(1.0, "how often the serving guard re-stats the served version's files", _MODEL)
     MODEL_INPUT_WIDTH: Var[int | None] = Var(
         None, "width of the feature service's model-ready image; unset: input_size of the newest version's metadata",
@@ -87,12 +89,15 @@ class Settings(SettingsBase):
 
     # --- storage, data and retention --------------------------------------------------------
     VAR_DIR = Var("{REPO_ROOT}/var", "runtime files: logs, SQLite file, generated secrets", _DATA)
+    REPORTS_DIR = Var("{VAR_DIR}/reports", "where `make audit` writes its reports (the console shows the newest)", _DATA)
     DATABASE_URL = Var("sqlite:///{VAR_DIR}/results.db", "the results database (postgresql://... in deployments)", _DATA)
     DATA_DIR = Var("{REPO_ROOT}/../shared/data/car-object-detection", "the labelled data set (training, drift baseline)",
                    _DATA)
     DRIFT_BASELINE_PATH = Var("{REPO_ROOT}/governance/baseline_features.json", "the drift baseline's feature statistics",
                               _DATA)
     RETENTION_DAYS = Var(30, "predictions older than this are purged", _DATA)
+    COMPACT_LOCK_TIMEOUT_MS = Var(5000, "longest wait, after an erasure, for older snapshots and for the exclusive lock "
+                                  "of the PostgreSQL table rewrite (VACUUM FULL); then compacted: false", _DATA)
     AUDIT_RETENTION_DAYS = Var(365, "erasure/purge journal entries older than this are purged", _DATA)
     RETENTION_INTERVAL_S = Var(86400, "seconds between two purges of the compose retention job", _DATA, read_by="compose")
 
@@ -103,6 +108,9 @@ class Settings(SettingsBase):
     PSEUDONYM_KEY = Var("", "key of the hash that replaces user ids (database, logs); unset: generated into var/secrets/",
                         _SEC, kind="secret")
     PSEUDONYM_KEY_FILE = Var("", "file holding PSEUDONYM_KEY instead", _SEC)
+    PSEUDONYM_PREVIOUS_KEYS = Var("", "after a key rotation: the earlier keys, comma-separated, still used for lookups "
+                                  "and erasure; unset: var/secrets/pseudonym_previous_keys if it exists", _SEC, kind="secret")
+    PSEUDONYM_PREVIOUS_KEYS_FILE = Var("", "file holding PSEUDONYM_PREVIOUS_KEYS instead (one key per line)", _SEC)
     INTERNAL_TOKEN = Var("", "when set, the internal services require it from the gateway (bearer token)", _SEC, kind="secret")
     INTERNAL_TOKEN_FILE = Var("", "file holding INTERNAL_TOKEN instead", _SEC)
     METRICS_TOKEN = Var("", "bearer token every /metrics requires; unset: generated into var/secrets/", _SEC, kind="secret")
@@ -127,6 +135,7 @@ class Settings(SettingsBase):
     LOGSTASH_SEND_TIMEOUT_S = Var(5.0, "socket timeout of one send to Logstash", _OBS)
     LOGSTASH_EXIT_FLUSH_S = Var(2.0, "seconds a stopping process waits for queued lines to ship", _OBS)
     LOGSTASH_FLAP_WINDOW_S = Var(60.0, "a failure this soon after a recovery continues the same outage notice", _OBS)
+    CHROMIUM_BIN = Var("", "Chromium that renders the audit report's PDF (default: chromium on PATH)", _OBS)
     METRICS_DIR = Var("", "prometheus-client multiprocess directory (default: under VAR_DIR when under gunicorn)", _OBS)
 
     # --- deployment files only -------------------------------------------------------------
@@ -185,3 +194,19 @@ def secret(name: str, generate_bytes: int = 32) -> str:
             return value
         time.sleep(0.02)
     raise SystemExit(f"configuration error: secret file {path} is empty")
+
+
+def secret_list(name: str) -> list[str]:
+    """Optional secrets (e.g. earlier keys still needed for lookups): `$NAME` comma-separated,
+    else the file named by `$NAME_FILE`, else `var/secrets/<name>` if it exists; one per line.
+    Never generated."""
+    if not (Settings.declared(name) and Settings.declared(f"{name}_FILE")):
+        raise RuntimeError(f"secret {name} is not declared in services/common/config.py")
+    value = os.environ.get(name, "").strip()
+    if not value:
+        file_name = os.environ.get(f"{name}_FILE", "").strip()
+        path = Path(file_name) if file_name else var_dir() / "secrets" / name.lower()
+        if file_name and not path.exists():
+            raise SystemExit(f"configuration error: {name}_FILE={file_name} does not exist")
+        value = path.read_text() if path.exists() else ""
+    return [part.strip() for part in value.replace("\n", ",").split(",") if part.strip()]

@@ -114,6 +114,7 @@ class TritonInfer:
         except TritonRejected as exc:
             raise ExplainError(f"the model could not read the image: {exc}", 400) from None
         except TritonUnavailable as exc:
+            _remaining_s()  # a call cut by the explanation's own deadline says so
             raise ExplainError(f"the model server could not run the explanation: {exc}", 503,
                                retry_after_s=exc.retry_after_s) from None
         return [(r.boxes, r.scores, r.labels) for r in result.images], result.model_version
@@ -202,6 +203,7 @@ def explain_image(data: bytes, threshold: float | None = None, grid: tuple[int, 
     checked = check_image(data, max_pixels=min(config.MAX_IMAGE_PIXELS, config.EXPLAIN_MAX_PIXELS))
     token = _deadline.set(time.monotonic() + (config.EXPLAIN_DEADLINE_S if deadline_s is None else deadline_s))
     try:
+        assert checked.rgb is not None  # check_image decodes by default
         return _explain(checked.rgb, checked.model_bytes, threshold, grid, infer, batch_size, max_detections, guard)
     finally:
         _deadline.reset(token)
@@ -221,7 +223,7 @@ def _explain(rgb: Image.Image, model_bytes: bytes, threshold: float | None, grid
         threshold = operating_threshold(model_version)
     boxes, scores, labels = original
     keep = [i for i in range(len(scores)) if scores[i] >= threshold and labels[i]][:max_detections]
-    detections = [{"class_name": labels[i], "confidence": round(float(scores[i]), 4),
+    detections: list[dict[str, Any]] = [{"class_name": labels[i], "confidence": round(float(scores[i]), 4),
                    "bbox": dict(zip(("x_min", "y_min", "x_max", "y_max"), (round(float(v), 1) for v in boxes[i])))}
                   for i in keep]
     cells = grid_cells(width, height, cols, rows)
@@ -252,6 +254,7 @@ def _explain(rgb: Image.Image, model_bytes: bytes, threshold: float | None, grid
         count = 1 + len(cells)
         results: list[tuple[np.ndarray, np.ndarray, list[str]]] = []
         for start in range(0, count, batch_size):
+            _remaining_s()  # past the deadline: stop here, whatever the infer function
             chunk, _ = infer([variant(i) for i in range(start, min(count, start + batch_size))])
             results.extend(chunk)
         body["inferences"] = 1 + count

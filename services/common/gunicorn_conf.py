@@ -4,26 +4,28 @@ Threads rather than processes: the services mostly wait on I/O (the model, the
 database), so a few workers with several threads each use the 2 cores well
 without multiplying memory. Every value can be overridden from the environment.
 """
-from services.common import config
+# Not `config`: gunicorn takes every module-level name of this file that is one of its
+# settings as that setting, and `config` is one (the path of this file).
+from services.common.config import settings as _settings
 
-workers = config.GUNICORN_WORKERS
-threads = config.GUNICORN_THREADS
+workers = _settings.GUNICORN_WORKERS
+threads = _settings.GUNICORN_THREADS
 worker_class = "gthread"
-timeout = config.GUNICORN_TIMEOUT
+timeout = _settings.GUNICORN_TIMEOUT
 graceful_timeout = 20
 keepalive = 75  # longer than the callers' idle pools, so reused connections are not cut mid-request
 accesslog = None  # each service writes its own ECS access line
 errorlog = "-"
 # gunicorn's own lines (boot, worker timeouts) as ECS JSON like the services' logs.
 logger_class = "services.common.logs.GunicornLogger"
-loglevel = config.GUNICORN_LOG_LEVEL
+loglevel = _settings.GUNICORN_LOG_LEVEL
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 8190
 
 # Optional TLS (services/common/tls.py, docs/reliability.md): both files or neither.
-_tls_cert = config.TLS_CERT_FILE
-_tls_key = config.TLS_KEY_FILE
+_tls_cert = _settings.TLS_CERT_FILE
+_tls_key = _settings.TLS_KEY_FILE
 if bool(_tls_cert) != bool(_tls_key):
     raise SystemExit("configuration error: set both TLS_CERT_FILE and TLS_KEY_FILE, or neither")
 if _tls_cert:

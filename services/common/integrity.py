@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import threading
 import time
@@ -24,8 +23,6 @@ from typing import Any
 from services.common import config
 
 DEFAULT_MODEL_NAME = "car_detector"
-DEFAULT_REGISTRY = config.REPO_ROOT / "governance" / "model_registry.json"
-DEFAULT_REPOSITORY = config.REPO_ROOT / "model_repository"
 IGNORED_DIRS = {"__pycache__", ".ipynb_checkpoints"}
 IGNORED_SUFFIXES = {".pyc", ".pyo"}
 
@@ -37,11 +34,11 @@ class IntegrityError(Exception):
 
 
 def registry_path() -> Path:
-    return Path(os.environ.get("MODEL_REGISTRY_PATH", "").strip() or DEFAULT_REGISTRY)
+    return Path(config.MODEL_REGISTRY_PATH)
 
 
 def repository_path() -> Path:
-    return Path(os.environ.get("MODEL_REPOSITORY", "").strip() or DEFAULT_REPOSITORY)
+    return Path(config.MODEL_REPOSITORY)
 
 
 def model_files(path: Path) -> list[tuple[str, Path]]:
@@ -165,12 +162,11 @@ class ServingGuard:
         self.repository = Path(repository) if repository else repository_path()
         self.registry = Path(registry) if registry else registry_path()
         self.name = name
-        self.strict = (os.environ.get("MODEL_REGISTRY_ENFORCE", "strict").strip().lower() != "warn"
-                       if strict is None else strict)
+        self.strict = (str(config.MODEL_REGISTRY_ENFORCE).strip().lower() != "warn" if strict is None else strict)
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[tuple, str | None]] = {}
         self._checked_at: dict[str, float] = {}
-        self.recheck_s = float(os.environ.get("MODEL_GUARD_RECHECK_S", "1.0")) if recheck_s is None else recheck_s
+        self.recheck_s = float(config.MODEL_GUARD_RECHECK_S) if recheck_s is None else recheck_s
         self._warned: set[str] = set()
 
     def _registry_stamp(self) -> tuple:

@@ -70,6 +70,7 @@ def preprocess() -> Response:
         if size is None:
             raise ApiError(503, "the model's input size is unknown: no model_metadata.json under MODEL_REPOSITORY "
                                 "and MODEL_INPUT_WIDTH/MODEL_INPUT_HEIGHT unset", {"Retry-After": str(config.RETRY_AFTER_S)})
+        assert image.rgb is not None  # decoded: analysis_side is None when the image is wanted
         resized = image.rgb.resize(size, Image.Resampling.BILINEAR)
         buffer = io.BytesIO()
         resized.save(buffer, format="JPEG", quality=95)

@@ -9,6 +9,7 @@ Triton's readiness by a background probe.
 """
 from __future__ import annotations
 
+import re
 import signal
 import threading
 import time
@@ -21,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from services.common import config, metrics, tls
 from services.common.images import ImageRejected, check_image
 from services.common.logs import detection_fields, request_id_var, setup_logging
-from services.common.pseudonym import hash_user_id
+from services.common.pseudonym import HASH_PATTERN, hash_user_id
 from services.model_serving.triton import ModelRejected, ModelUnavailable, TritonDetector
 from services.common.integrity import ServingGuard
 from services.proto import model_serving_pb2 as pb
@@ -29,6 +30,7 @@ from services.proto import model_serving_pb2_grpc as pb_grpc
 
 SERVICE_NAME = "model-serving"
 FULL_SERVICE_NAME = "modelserving.ModelServing"
+USER_HASH = re.compile(HASH_PATTERN)
 HEALTH_PROBE_INTERVAL_S = config.HEALTH_PROBE_INTERVAL_S
 
 log = setup_logging(SERVICE_NAME)
@@ -37,6 +39,14 @@ log = setup_logging(SERVICE_NAME)
 def _request_id(request: pb.PredictionRequest, context: grpc.ServicerContext) -> str:
     metadata = dict(context.invocation_metadata() or ())
     return request.request_id or metadata.get("x-request-id") or uuid.uuid4().hex
+
+
+def _subject(request: pb.PredictionRequest) -> dict[str, str]:
+    """The log field for the data subject: the gateway sends only the keyed hash; a direct
+    caller may send the id (hashed here); a malformed hash is not logged as one."""
+    if request.HasField("user_hash"):
+        return {"user.hash": request.user_hash} if USER_HASH.fullmatch(request.user_hash) else {}
+    return {"user.hash": hash_user_id(request.user_id)} if request.user_id else {}
 
 
 class ModelServingServicer(pb_grpc.ModelServingServicer):
@@ -65,7 +75,7 @@ class ModelServingServicer(pb_grpc.ModelServingServicer):
             request_id_var.reset(token)
 
     def _predict(self, request: pb.PredictionRequest, request_id: str, context: grpc.ServicerContext) -> pb.PredictionResponse:
-        user = {"user.hash": hash_user_id(request.user_id)} if request.user_id else {}
+        user = _subject(request)
         try:
             # Headers only: Triton decodes the pixels and refuses a corrupt file (ModelRejected below).
             image = check_image(request.image_data, decode=False)

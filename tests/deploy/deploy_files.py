@@ -43,7 +43,7 @@ OTHER_PORTS = {"redis": [6379], "prometheus": [9090], "kong": [8800, 9080, 8100]
 LISTEN_PORTS = {**CONTRACT_PORTS, **OTHER_PORTS}
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # services/common/config.py default
-SECRET_VARS = ("PSEUDONYM_KEY", "API_KEYS", "POSTGRES_PASSWORD", "METRICS_TOKEN")
+SECRET_VARS = ("PSEUDONYM_KEY", "API_KEYS", "POSTGRES_PASSWORD", "METRICS_TOKEN", "INTERNAL_TOKEN", "REDIS_PASSWORD")
 
 # The Python services' images: Dockerfile -> (compose service, requirements.in).
 PYTHON_IMAGES = {

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -185,7 +184,7 @@ def test_dpo_looks_up_exports_and_erases_a_subject(stack, http, browser, downloa
     assert any("access_export" in row and "dpo" in row for row in journal), journal
 
     browser.find_element(By.ID, "subject-export").click()
-    exported = wait_until(lambda: [p for p in downloads.glob("export-*.json")], timeout=15)
+    exported = wait_until(lambda: list(downloads.glob("export-*.json")), timeout=15)
     assert exported, "the export was not downloaded"
     body = json.loads(exported[0].read_text())
     assert body["count"] == 1 and body["predictions"][0]["request_id"] == made.json()["request_id"]

@@ -141,7 +141,7 @@ class _FlakyResults(BaseHTTPRequestHandler):
         self.connection.shutdown(socket.SHUT_RDWR)
 
     def do_GET(self) -> None:
-        record = self.stored.get(self.path.rsplit("/", 1)[-1])
+        record = self.stored.get(self.path.split("?", 1)[0].rsplit("/", 1)[-1])
         self._reply(200, record) if record else self._reply(404, {"error": "no"})
 
 

@@ -96,7 +96,7 @@ def test_authentication_and_roles(stack, http):
 def test_a_client_cannot_read_another_clients_prediction(stack, http):
     created = detect(stack, http, frame(), "dave").json()
     url = f"{stack.gateway}/api/results/predictions/{created['request_id']}"
-    assert http.get(url, headers=headers("client_b")).status_code == 403
+    assert http.get(url, headers=headers("client_b")).status_code == 404  # exactly like a missing one
     assert http.get(url, headers=headers("dpo")).status_code == 200
     assert http.get(url, headers=headers("client")).status_code == 200
     user_url = f"{stack.gateway}/api/results/predictions/user/dave"

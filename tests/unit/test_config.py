@@ -100,3 +100,22 @@ def test_the_repositorys_served_model_carries_its_threshold_and_input_size(monke
     metadata = json.loads((REPO_ROOT / "model_repository" / "car_detector" / newest / "model_metadata.json").read_text())
     assert model_info.operating_threshold(newest) == metadata["operating_threshold"]
     assert model_info.input_size() == (metadata["input_size"]["width"], metadata["input_size"]["height"])
+
+
+def test_gunicorn_takes_from_its_config_file_only_real_settings():
+    """gunicorn applies every module-level name of gunicorn_conf.py that matches one of its
+    settings: an imported module called `config` once replaced its `config` setting."""
+    import runpy
+    import types
+
+    from gunicorn.config import Config
+
+    names = runpy.run_path(str(REPO_ROOT / "services" / "common" / "gunicorn_conf.py"))
+    settings = Config().settings
+    applied = {name: value for name, value in names.items() if name in settings}
+    assert {"workers", "threads", "timeout", "worker_class", "logger_class"} <= set(applied)
+    assert not [name for name, value in applied.items() if isinstance(value, types.ModuleType)]
+    assert applied["workers"] == Settings.GUNICORN_WORKERS.default
+    cfg = Config()
+    for name, value in applied.items():
+        cfg.set(name, value)  # gunicorn validates each value as it loads the file

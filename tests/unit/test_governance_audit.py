@@ -145,3 +145,22 @@ def test_the_seeds_command_runs_the_audit_as_a_script():
     run = subprocess.run([sys.executable, "governance/audit_report.py", "--help"], cwd=config.REPO_ROOT,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and "--no-canary" in run.stdout, run.stderr
+
+
+def test_an_audit_with_every_service_down_says_what_it_could_not_measure(tmp_path, monkeypatch):
+    for name in ("GATEWAY_URL", "RESULTS_SERVICE_URL", "FEATURE_SERVICE_URL"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.setenv("TRITON_HTTP_URL", "127.0.0.1:9")
+    monkeypatch.setenv("VAR_DIR", str(tmp_path))
+    from governance.audit_report import main
+
+    assert main(["--no-pdf", "--out", str(tmp_path / "reports")]) == 0
+    (report_file,) = (tmp_path / "reports").glob("audit_report_*.json")
+    report = json.loads(report_file.read_text())
+    checks = {c["id"]: c for c in report["compliance"]["checks"]}
+    for check_id in ("erasure", "access_export", "recourse", "access_journaled", "authentication"):
+        assert checks[check_id]["status"] == "not_measured" and "unreachable" in checks[check_id]["finding"]
+    assert all(c["owner"] and c["action"] and c["due"] and c["finding"] for c in checks.values())
+    assert report["database"] == "sqlite" and report["frameworks"]["annex_iv"]
+    html = report_file.with_suffix(".html").read_text()
+    assert html.count("<section id=") == 10 and html.index("id='summary'") < html.index("<details>")
