@@ -119,7 +119,7 @@ def run_canary(store: GovernanceStore, results_url: str) -> dict[str, Any]:
     steps["stored"] = stored.status_code
     row = store.first("predictions", request_id=request_id)
     row_text = json.dumps(row, default=str) if row else ""
-    steps["stored_hash_format_ok"] = bool(row) and bool(HEX64.match(str(row["user_hash"])))
+    steps["stored_hash_format_ok"] = row is not None and bool(HEX64.match(str(row["user_hash"])))
     steps["raw_id_in_stored_row"] = raw_id in row_text
     fb = requests.post(f"{base}/predictions/{request_id}/feedback", headers=headers, timeout=TIMEOUT,
                        json={"correct": False, "reason": "audit canary contest", "comment": marker})

@@ -84,7 +84,9 @@ def test_raw_user_ids_are_in_no_table_and_no_log(stack, http, db):
     log = stack.var_dir / "log"
     for name, request_id in (("gateway", last), ("results-service", created[1]), ("feature-service", created[1]),
                              ("model-serving", created[1])):
-        assert wait_until(lambda: request_id in (log / f"{name}.jsonl").read_text(), 30), f"{name} never logged {request_id}"
+        logged = log / f"{name}.jsonl"
+        assert wait_until(lambda logged=logged, request_id=request_id: request_id in logged.read_text(), 30), \
+            f"{name} never logged {request_id}"
 
     rows = {table: table_text(db, table) for table in TABLES}
     assert sum(len(r) for r in rows.values()) > 0
