@@ -10,14 +10,17 @@ DATA_DIR ?= $(abspath ../shared/data/car-object-detection)
 export PYTHONPATH := $(CURDIR)
 export DATA_DIR
 
-.PHONY: setup proto run up down status test test-unit test-deploy demo train bench logs trace loadtest purge audit registry certs vuln-audit
+.PHONY: setup lint typecheck config-docs proto run up down status test test-unit test-deploy demo train bench logs trace loadtest purge audit registry certs vuln-audit perf log-shipping-bench openapi migrate rotate-pseudonym-key compose-up compose-down test-compose
 
 setup: $(INSTALLED) $(PROTO_OUT)
 
-$(INSTALLED): requirements.txt
+# The project itself is installed editable (pyproject.toml); PYTHONPATH above still puts
+# this checkout first, for a venv shared between several checkouts.
+$(INSTALLED): requirements.txt pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -e . --no-deps
 	@touch $@
 
 # gRPC stubs are generated from the one .proto, never edited by hand.
@@ -37,7 +40,7 @@ down:
 status:
 	@$(PY) scripts/stack.py status
 
-test: setup
+test: setup lint
 	@bash scripts/install_tools.sh
 	$(PY) -m pytest tests
 
@@ -45,8 +48,41 @@ test-deploy: setup
 	@bash scripts/install_tools.sh
 	$(PY) -m pytest tests/deploy
 
+# docker compose on this machine (docs/deployment.md): engine, base images (local
+# stand-ins where no registry answers), .env with fresh secrets, TLS certificates,
+# build, start; 0 only once every container is healthy. TLS=0: plaintext opt-out.
+# System python3 on purpose: no virtualenv is needed to start the containers.
+compose-up:
+	python3 scripts/compose/compose.py up
+
+compose-down:
+	python3 scripts/compose/compose.py down
+
+# The system tests against a composed stack of their own (project car-detection-test,
+# host ports 3xxxx); also part of `make test`, which skips them, saying why, where no
+# Docker engine can be started.
+test-compose: setup
+	$(PY) -m pytest tests/compose -rs
+
 test-unit: setup
 	$(PY) -m pytest tests/unit
+
+# Lint is enforced (make test runs it); `ruff format` is configured in pyproject.toml but not enforced.
+lint: setup
+	$(VENV)/bin/ruff check .
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+# Own Logstash shipper against python-logstash (docs/observability.md); python-logstash is
+# installed under var/ for the comparison only, it is not a runtime dependency.
+log-shipping-bench: setup
+	$(PY) -m pip install --quiet --target var/pylogstash python-logstash==0.4.8
+	PYTHONPATH=$(CURDIR)/var/pylogstash:$(CURDIR) LOG_BENCH_EVENTS=$${LOG_BENCH_EVENTS:-20000} $(PY) loadtest/log_shipping.py
+
+# docs/configuration.md is generated from the settings declarations (services/common/config.py).
+config-docs: setup
+	$(PY) -m scripts.config_docs
 
 demo: setup
 	$(PY) scripts/demo.py $(IMAGES)
@@ -56,6 +92,11 @@ train: setup
 
 bench: setup
 	$(PY) loadtest/bench.py
+
+# Triton's perf_analyzer on car_detector with real frames, concurrency 1..8, beside bench's
+# Triton-direct client; CSV and table under var/perf/ (scripts/perf.sh installs the tool).
+perf: setup
+	bash scripts/perf.sh
 
 logs:
 	@tail -n 20 -F var/log/*.jsonl
@@ -74,6 +115,19 @@ loadtest: setup
 # Retention: delete predictions older than RETENTION_DAYS (default 30) and journal it.
 purge: setup
 	$(PY) -m governance.purge
+
+# The gateway's and results service's OpenAPI documents, generated from services/common/schemas.py.
+openapi: setup
+	$(PY) scripts/openapi.py
+
+# Bring the results database (DATABASE_URL, else var/results.db) to the latest Alembic revision
+# (the results service also does it at start).
+migrate: setup
+	$(PY) -m services.results_service.migrations
+
+# Pseudonymisation key: ARGS="rotate" (default) | "status" | "retire <key id>" (governance/RGPD.md).
+rotate-pseudonym-key: setup
+	$(PY) scripts/rotate_pseudonym_key.py $(or $(ARGS),rotate)
 
 # Usage, compliance and performance reports (JSON, Markdown, HTML) under var/reports/.
 audit: setup

@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common import config
 from services.common.config import var_dir
 
 ROLES = ("client", "dpo", "admin")
@@ -58,10 +59,10 @@ def parse_keys(spec: str) -> dict[bytes, Principal]:
 
 
 def load_keys() -> dict[bytes, Principal]:
-    spec = os.environ.get("API_KEYS", "").strip()
+    spec = config.API_KEYS
     if not spec:
-        path = Path(os.environ.get("API_KEYS_FILE", "").strip() or default_keys_file())
-        if not os.environ.get("API_KEYS_FILE"):
+        path = Path(config.API_KEYS_FILE or default_keys_file())
+        if not config.API_KEYS_FILE:
             ensure_keys_file(path)
         spec = path.read_text()
     return parse_keys(spec)

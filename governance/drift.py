@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,10 +26,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BASELINE_PATH = REPO_ROOT / "governance" / "baseline_features.json"
-NUMERIC_FEATURES = ("brightness", "contrast", "sharpness", "saturation", "colourfulness",
-                    "aspect_ratio", "width", "height", "byte_size")
+from services.common import config, image_features
+
+NUMERIC_FEATURES = image_features.NUMERIC
 N_BINS = 10
 FLOOR = 1e-4
 STABLE, SIGNIFICANT = 0.1, 0.25
@@ -38,7 +36,7 @@ MIN_SAMPLE = 200
 
 
 def baseline_path() -> Path:
-    return Path(os.environ.get("DRIFT_BASELINE_PATH", "").strip() or BASELINE_PATH)
+    return Path(config.DRIFT_BASELINE_PATH)
 
 
 def _edges(values: np.ndarray) -> list[float]:
@@ -131,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m governance.drift", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("baseline")
-    p.add_argument("data", nargs="?", default=os.environ.get("DATA_DIR", str(REPO_ROOT.parent / "shared" / "data" / "car-object-detection")))
+    p.add_argument("data", nargs="?", default=config.DATA_DIR)
     sub.add_parser("check")
     args = parser.parse_args(argv)
     if args.command == "baseline":
@@ -139,10 +137,17 @@ def main(argv: list[str] | None = None) -> int:
         baseline_path().write_text(json.dumps(baseline, indent=2) + "\n")
         print(f"baseline of {baseline['images']} training frames written to {baseline_path()}")
         return 0
-    from governance.audit_report import AuditReportGenerator
+    from datetime import timedelta
 
-    report = AuditReportGenerator().generate_performance_report()
-    print(json.dumps(report["data_drift"], indent=2))
+    from governance.store import GovernanceStore
+
+    baseline = load_baseline()
+    if baseline is None:
+        print(f"no baseline at {baseline_path()}: run `python -m governance.drift baseline` first", file=sys.stderr)
+        return 2
+    since = datetime.now(timezone.utc) - timedelta(days=30)
+    rows = [p["features"] for p in GovernanceStore().rows("predictions", since) if isinstance(p.get("features"), dict)]
+    print(json.dumps(drift(baseline, rows), indent=2))
     return 0
 
 

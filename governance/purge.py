@@ -16,62 +16,52 @@ import json
 import sys
 from datetime import datetime, timedelta, timezone
 
-import sqlalchemy as sa
-
+from governance.store import GovernanceStore
 from services.common import config
 
-DEFAULT_RETENTION_DAYS = 30
-DEFAULT_AUDIT_RETENTION_DAYS = 365
 
 
 def retention_days() -> int:
-    return config.env_int("RETENTION_DAYS", DEFAULT_RETENTION_DAYS)
+    return config.RETENTION_DAYS
 
 
 def audit_retention_days() -> int:
-    return config.env_int("AUDIT_RETENTION_DAYS", DEFAULT_AUDIT_RETENTION_DAYS)
+    return config.AUDIT_RETENTION_DAYS
 
 
-def count_expired(engine: sa.engine.Engine, days: int) -> int:
-    from services.results_service.store import predictions
-
-    cutoff = datetime.now(timezone.utc) - timedelta(days=days)
-    with engine.connect() as connection:
-        return int(connection.execute(sa.select(sa.func.count()).select_from(predictions)
-                                      .where(predictions.c.created_at < cutoff)).scalar_one())
+def count_expired(store: GovernanceStore, days: int) -> int:
+    return store.count_older("predictions", datetime.now(timezone.utc) - timedelta(days=days))
 
 
 def purge(days: int | None = None, audit_days: int | None = None, dry_run: bool = False,
           url: str | None = None) -> dict:
-    from services.results_service.store import ResultsStore, database_url, make_engine
-
     days = retention_days() if days is None else days
     audit_days = audit_retention_days() if audit_days is None else audit_days
     if days < 1 or audit_days < days:
         raise SystemExit(f"configuration error: RETENTION_DAYS={days} must be >= 1 and <= AUDIT_RETENTION_DAYS={audit_days}")
-    url = url or database_url()
-    engine = make_engine(url)
-    store = ResultsStore(engine)
-    result = {"database": engine.dialect.name, "retention_days": days, "audit_retention_days": audit_days,
+    gov = GovernanceStore(url)
+    store = gov.results_store()
+    result = {"database": gov.dialect, "retention_days": days, "audit_retention_days": audit_days,
               "cutoff": (datetime.now(timezone.utc) - timedelta(days=days)).isoformat(timespec="seconds"),
               "dry_run": dry_run}
     if dry_run:
-        result["would_delete"] = {"predictions": count_expired(engine, days)}
+        result["would_delete"] = {"predictions": count_expired(gov, days)}
     else:
         deleted = store.purge_expired(days, audit_days)
         store.journal("retention_purge", "service", "governance-purge",
                       record_count=deleted["predictions"] + deleted["feedback"])
         result["deleted"] = deleted
-        result["remaining_expired"] = count_expired(engine, days)
-    engine.dispose()
+        result["remaining_expired"] = count_expired(gov, days)
+    gov.dispose()
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m governance.purge", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--days", type=int, default=None, help=f"retention in days (default $RETENTION_DAYS or {DEFAULT_RETENTION_DAYS})")
+    parser.add_argument("--days", type=int, default=None,
+                        help=f"retention in days (default $RETENTION_DAYS or {config.Settings.RETENTION_DAYS.default})")
     parser.add_argument("--audit-days", type=int, default=None,
-                        help=f"journal retention (default $AUDIT_RETENTION_DAYS or {DEFAULT_AUDIT_RETENTION_DAYS})")
+                        help=f"journal retention (default $AUDIT_RETENTION_DAYS or {config.Settings.AUDIT_RETENTION_DAYS.default})")
     parser.add_argument("--dry-run", action="store_true", help="count, delete nothing")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)

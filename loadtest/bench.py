@@ -46,8 +46,7 @@ import numpy as np
 import psutil
 import requests
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from services.common.config import REPO_ROOT
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Every TensorFlow here (in process, both Flask baselines) runs with the same kernels as
 # Triton's (services/triton/run.sh), so the rows differ by architecture, not by TF settings.
@@ -204,8 +203,10 @@ def in_process() -> Callable[[], Callable[[bytes], None]]:
 def triton_direct() -> Callable[[], Callable[[bytes], None]]:
     import tritonclient.grpc as grpcclient
 
+    from services.common import triton_client
+
     # One client (one channel) shared by every thread, as a notebook or service would.
-    client = grpcclient.InferenceServerClient(f"127.0.0.1:{ENV['TRITON_GRPC_PORT']}")
+    client = triton_client.connect(f"127.0.0.1:{ENV['TRITON_GRPC_PORT']}")
     outputs = [grpcclient.InferRequestedOutput(name) for name in ("BOXES", "SCORES", "LABELS")]
 
     def call(image: bytes) -> None:
@@ -222,9 +223,12 @@ def adapter() -> Callable[[], Callable[[bytes], None]]:
     from services.proto import model_serving_pb2_grpc as pb_grpc
 
     stub = pb_grpc.ModelServingStub(grpc.insecure_channel(f"127.0.0.1:{ENV['MODEL_SERVING_PORT']}"))
+    # The adapter's service token: as the stack was given it, or as it generated it.
+    token = ENV.get("INTERNAL_TOKEN") or (Path(ENV["VAR_DIR"]) / "secrets" / "internal_token").read_text().strip()
 
     def call(image: bytes) -> None:
-        stub.Predict(pb.PredictionRequest(image_data=image, user_id="bench-user"), timeout=30)
+        stub.Predict(pb.PredictionRequest(image_data=image, user_id="bench-user"), timeout=30,
+                     metadata=(("x-internal-token", token),))
     return lambda: call
 
 

@@ -15,15 +15,16 @@ from pathlib import Path
 
 from locust import HttpUser, between, task
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("DATA_DIR", REPO_ROOT.parent / "shared/data/car-object-detection"))
+from services.common import config
+
+DATA_DIR = Path(config.DATA_DIR)
 FRAMES = [p.read_bytes() for p in sorted((DATA_DIR / "testing_images").glob("*.jpg"))[::5][:24]] + \
          [p.read_bytes() for p in sorted((DATA_DIR / "training_images").glob("*.jpg"))[::40][:16]]
 
 
 def _keys() -> dict[str, str]:
-    spec = os.environ.get("API_KEYS", "")
-    keys_file = Path(os.environ.get("VAR_DIR", REPO_ROOT / "var")) / "secrets/api_keys"
+    spec = config.API_KEYS
+    keys_file = Path(config.VAR_DIR) / "secrets/api_keys"
     if not spec and keys_file.exists():
         spec = keys_file.read_text()
     found: dict[str, str] = {}

@@ -18,10 +18,7 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
 
 def measure(intra: int, calls: int) -> list[dict]:

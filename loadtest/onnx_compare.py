@@ -34,8 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from services.common.config import REPO_ROOT
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -158,7 +157,7 @@ def main() -> int:
     results: dict[str, dict[int, list[float]]] = {name: {1: [], 4: []} for name in engines}
     for batch_size in (1, 4):
         batch = np.ascontiguousarray(pixels[:batch_size])
-        for name, call in engines.items():  # warm-up, not measured
+        for call in engines.values():  # warm-up, not measured
             for _ in range(3):
                 call(batch)
         for round_ in range(args.rounds):

@@ -23,8 +23,7 @@ from pathlib import Path
 
 import psutil
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from services.common.config import REPO_ROOT
 
 from loadtest import bench  # noqa: E402
 

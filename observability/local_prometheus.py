@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from services.common.config import REPO_ROOT
 ALERTS = REPO_ROOT / "observability" / "prometheus" / "alerts.yml"
 
 

@@ -14,14 +14,12 @@ from pathlib import Path
 import requests
 from PIL import Image, ImageDraw
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from gateway.auth import default_keys_file
+from services.common import config
 
-from gateway.auth import default_keys_file  # noqa: E402
-
-DATA_DIR = Path(os.environ.get("DATA_DIR", REPO_ROOT.parent / "shared/data/car-object-detection"))
-GATEWAY = os.environ.get("GATEWAY_URL", f"http://127.0.0.1:{os.environ.get('GATEWAY_PORT', '8080')}")
-OUT_DIR = Path(os.environ.get("VAR_DIR", REPO_ROOT / "var")) / "demo"
+DATA_DIR = Path(config.DATA_DIR)
+GATEWAY = config.GATEWAY_URL
+OUT_DIR = Path(config.VAR_DIR) / "demo"
 SAMPLES = ["training_images/vid_4_1000.jpg", "training_images/vid_4_10000.jpg", "training_images/vid_4_6240.jpg",
            "testing_images/vid_5_26400.jpg", "testing_images/vid_5_27320.jpg", "testing_images/vid_5_29000.jpg"]
 
@@ -29,7 +27,7 @@ SAMPLES = ["training_images/vid_4_1000.jpg", "training_images/vid_4_10000.jpg", 
 def client_key() -> str:
     if os.environ.get("DEMO_API_KEY"):
         return os.environ["DEMO_API_KEY"]
-    spec = os.environ.get("API_KEYS") or (default_keys_file().read_text() if default_keys_file().exists() else "")
+    spec = config.API_KEYS or (default_keys_file().read_text() if default_keys_file().exists() else "")
     for entry in spec.replace("\n", ",").split(","):
         key, _, role = entry.strip().rpartition(":")
         if role in ("client", "admin") and key:

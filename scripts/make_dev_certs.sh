@@ -11,6 +11,8 @@ set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)"
 DIR="${1:-${VAR_DIR:-$REPO_ROOT/var}/tls}"
 DAYS="${CERT_DAYS:-30}"
+# Names the server certificate is valid for; compose adds its service names.
+SANS="${CERT_SANS:-IP:127.0.0.1,DNS:localhost}"
 mkdir -p "$DIR"
 chmod 700 "$DIR"
 cd "$DIR"
@@ -26,11 +28,11 @@ openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days "$DAYS" \
   -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
 openssl req -newkey rsa:2048 -nodes -sha256 -keyout server.key -out server.csr \
   -subj "/CN=localhost" 2>/dev/null
-cat > server.ext <<'EXT'
+cat > server.ext <<EXT
 basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,DNS:localhost
+subjectAltName=$SANS
 EXT
 openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days "$DAYS" -sha256 \
   -extfile server.ext -out server.pem 2>/dev/null

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from services.common import config
 # Triton's own format: I1129 14:20:00.123456 4242 file.cc:123] message (UTC on this stack)
 TRITON_LINE = re.compile(r"^([IWEV])(\d{2})(\d{2}) (\d{2}):(\d{2}):(\d{2})\.(\d{1,6})\s+\d+\s+([^\]]+)\]\s?(.*)$")
 
@@ -131,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("request_id")
     parser.add_argument("--log-dir", type=Path,
-                        default=Path(os.environ.get("VAR_DIR", REPO_ROOT / "var")) / "log")
+                        default=Path(config.VAR_DIR) / "log")
     parser.add_argument("--json", action="store_true", help="print the matching events as JSON lines")
     args = parser.parse_args(argv)
     if not args.request_id.strip():

@@ -1,12 +1,18 @@
 """Shared fixtures: the real local stack (Triton included), started once per test
 session on its own ports and runtime folder so it never collides with a stack a
-developer has running, and with PostgreSQL as the results database."""
+developer has running, with PostgreSQL as the results database and its own Redis.
+
+PostgreSQL is the one at TEST_PG_ADMIN_DSN when it answers (trust auth), else a
+throwaway server started for the session; Redis is a throwaway server unless
+TEST_REDIS_URL names one that answers (tests/servers.py).
+
+With CI=true a skipped test is a failure (a missing tool must not hide a test),
+except a skip whose reason starts with INTERNET_SKIP."""
 from __future__ import annotations
 
 import fcntl
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,30 +22,78 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psycopg2
 import pytest
 import requests
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from services.common.config import REPO_ROOT
+from tests.servers import Postgres, Redis
+from tests.servers import free_port as free_port
+
 DATA_DIR = Path(os.environ.get("DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "car-object-detection"))
 TEST_VAR = REPO_ROOT / "var" / "test-stack"
 PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEST_DB = "car_detection_test"
+INTERNET_SKIP = "needs the internet"
 
 KEYS = {"client": "client-a-key-0123456789", "client_b": "client-b-key-0123456789",
         "dpo": "dpo-key-0123456789", "admin": "admin-key-0123456789"}
 
-PORTS = {
+# The service token of every internal service (feature, results, adapter). The test
+# process is their operator: the stack and every service a test starts inherit it.
+INTERNAL_TOKEN = os.environ.setdefault("INTERNAL_TOKEN", "test-internal-token-" + uuid.uuid4().hex)
+INTERNAL_HEADERS = {"X-Internal-Token": INTERNAL_TOKEN}
+INTERNAL_METADATA = (("x-internal-token", INTERNAL_TOKEN),)
+# The key of Triton's restricted APIs (model control, shared memory): every Triton a test
+# starts (services/triton/run.sh) and every tool that reloads a model read it from here.
+TRITON_ADMIN_KEY = os.environ.setdefault("TRITON_ADMIN_KEY", "test-triton-admin-key-" + uuid.uuid4().hex)
+
+# TEST_PORT_OFFSET shifts every port (and the machine-wide lock) so that a second session
+# stack can run beside the first, e.g. TEST_PORT_OFFSET=10000 for 2xxxx ports.
+PORT_OFFSET = int(os.environ.get("TEST_PORT_OFFSET", "0"))
+PORTS = {name: str(int(port) + PORT_OFFSET) for name, port in {
     "GATEWAY_PORT": "18080", "FEATURE_PORT": "15001", "RESULTS_PORT": "15002",
     "MODEL_SERVING_PORT": "15051", "TRITON_HTTP_PORT": "18000", "TRITON_GRPC_PORT": "18001",
-    "TRITON_METRICS_PORT": "18002", "MODEL_SERVING_METRICS_PORT": "19151",
-}
+    "TRITON_METRICS_PORT": "18002", "MODEL_SERVING_METRICS_PORT": "19151", "PROMETHEUS_PORT": "19090",
+}.items()}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get("CI") == "true" and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if not reason.removeprefix("Skipped: ").startswith(INTERNET_SKIP):
+            report.outcome = "failed"
+            report.longrepr = f"CI=true: nothing may be skipped for a missing tool or file; skipped because: {reason}"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    server = Postgres.at_or_start(PG_ADMIN_DSN)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Redis]:
+    server = Redis.at_or_start(os.environ.get("TEST_REDIS_URL"))
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @dataclass(frozen=True)
 class Stack:
     env: dict[str, str]
     var_dir: Path
+    redis: Redis | None = None
+    postgres: Postgres | None = None
 
     def url(self, port_name: str, path: str = "") -> str:
         return f"http://127.0.0.1:{self.env[port_name]}{path}"
@@ -57,14 +111,14 @@ class Stack:
         return f"127.0.0.1:{self.env['MODEL_SERVING_PORT']}"
 
 
-def recreate_database(name: str) -> str:
-    connection = psycopg2.connect(PG_ADMIN_DSN)
+def recreate_database(name: str, admin_dsn: str = PG_ADMIN_DSN) -> str:
+    connection = psycopg2.connect(admin_dsn)
     connection.autocommit = True
     with connection.cursor() as cursor:
         cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         cursor.execute(f'CREATE DATABASE "{name}"')
     connection.close()
-    return PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
+    return admin_dsn.rsplit("/", 1)[0] + f"/{name}"
 
 
 def stack_command(env: dict[str, str], command: str) -> subprocess.CompletedProcess:
@@ -73,26 +127,26 @@ def stack_command(env: dict[str, str], command: str) -> subprocess.CompletedProc
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
+def stack(postgres: Postgres, redis_server: Redis) -> Iterator[Stack]:
     # One test stack per machine at a time: concurrent sessions would share its ports.
-    lock = open("/tmp/car-detection-test-stack.lock", "w")
+    lock = open(f"/tmp/car-detection-test-stack{'-' + str(PORT_OFFSET) if PORT_OFFSET else ''}.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
     shutil.rmtree(TEST_VAR, ignore_errors=True)
     env = dict(os.environ, **PORTS)
     env.update({
         "VAR_DIR": str(TEST_VAR),
-        "DATABASE_URL": recreate_database(TEST_DB),
+        "DATABASE_URL": recreate_database(TEST_DB, postgres.admin_dsn),
         "API_KEYS": ",".join(f"{KEYS[name]}:{name.split('_')[0]}" for name in KEYS),
         "PSEUDONYM_KEY": "test-pseudonym-key-" + uuid.uuid4().hex,
         "RATE_LIMIT": "1000 per second",
-        "RATELIMIT_STORAGE_URI": "redis://127.0.0.1:6379/15",
+        "RATELIMIT_STORAGE_URI": redis_server.db(15),
     })
     started = stack_command(env, "up")
     if started.returncode != 0:
         stack_command(env, "down")
         pytest.fail(f"the local stack did not start:\n{started.stdout}\n{started.stderr}")
     try:
-        yield Stack(env=env, var_dir=TEST_VAR)
+        yield Stack(env=env, var_dir=TEST_VAR, redis=redis_server, postgres=postgres)
     finally:
         stack_command(env, "down")
         fcntl.flock(lock, fcntl.LOCK_UN)
@@ -100,14 +154,22 @@ def stack() -> Iterator[Stack]:
 
 @pytest.fixture(scope="session")
 def http() -> requests.Session:
-    return requests.Session()
+    """A client that holds the service token, as the gateway does: tests of an internal
+    service's own behaviour get past its token check (tests of the check use requests)."""
+    session = requests.Session()
+    session.headers.update(INTERNAL_HEADERS)
+    return session
 
 
-def free_port() -> int:
-    """A port nothing listens on now, for an extra service a test starts itself."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+class _TokenMetadata(grpc.UnaryUnaryClientInterceptor):
+    def intercept_unary_unary(self, continuation: Callable, details: Any, request: Any) -> Any:
+        metadata = [*(details.metadata or ()), *INTERNAL_METADATA]
+        return continuation(details._replace(metadata=metadata), request)
+
+
+def adapter_channel(address: str, **options: Any) -> grpc.Channel:
+    """A channel to the gRPC adapter that presents the service token on every call."""
+    return grpc.intercept_channel(grpc.insecure_channel(address, **options), _TokenMetadata())
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 15.0, interval: float = 0.2) -> Any:

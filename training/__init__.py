@@ -12,9 +12,8 @@ Heavy imports (TensorFlow) stay inside the modules that need them so that the da
 and metrics can be imported cheaply by unit tests and by other services.
 """
 
-from pathlib import Path
+from services.common.config import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # The data is not part of the repository: it lives beside the checkout by default.
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "car-object-detection"
 DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"

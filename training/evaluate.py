@@ -56,7 +56,9 @@ def predict_triton(server: str, version: int | None, samples: list[Sample]) -> t
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    client = grpcclient.InferenceServerClient(server)
+    from services.common import triton_client
+
+    client = triton_client.connect(server)
     try:
         if not client.is_model_ready(MODEL_NAME, str(version) if version else ""):
             raise DataError(f"model {MODEL_NAME} version {version or 'latest'} is not ready on {server}")

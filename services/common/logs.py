@@ -40,18 +40,19 @@ from typing import Any, Iterable, Mapping
 
 import ecs_logging
 
+from services.common import config, image_features
+
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 _configured: str | None = None
 # A failure this soon after a recovery continues the same outage (a stalled listener
 # accepts a new connection and a few kernel buffers' worth before stalling again), so
 # one outage is said once.
-FLAP_WINDOW_S = float(os.environ.get("LOGSTASH_FLAP_WINDOW_S", "60"))
+FLAP_WINDOW_S = config.LOGSTASH_FLAP_WINDOW_S
 
 _RAW_USER_FIELDS = ("user_id", "user.id", "userId")
-# Image features logged for drift dashboards (see services/feature_service/features.py).
-FEATURE_FIELDS = ("width", "height", "aspect_ratio", "byte_size", "brightness", "contrast",
-                  "sharpness", "saturation", "colourfulness", "format", "mode")
+# Image features logged for drift dashboards (the list: services/common/image_features.py).
+FEATURE_FIELDS = image_features.NAMES
 
 
 def ecs_formatter() -> logging.Formatter:
@@ -87,7 +88,7 @@ def setup_logging(service_name: str) -> logging.Logger:
     if _configured is None:
         root = logging.getLogger()
         root.handlers.clear()
-        root.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
+        root.setLevel(config.LOG_LEVEL.upper())
         context = _ContextFilter(service_name)
         stdout = _stdout_handler(context)
         root.addHandler(stdout)
@@ -121,14 +122,14 @@ def _notice_logger(service_name: str, stdout: logging.Handler | None = None) -> 
 
 
 def logstash_handler(service_name: str, stdout: logging.Handler | None = None) -> logging.Handler | None:
-    host = os.environ.get("LOGSTASH_HOST", "").strip()
+    host = config.LOGSTASH_HOST
     if not host:
         return None
     handler = LogstashShipper(
         host,
-        int(os.environ.get("LOGSTASH_PORT", "5000")),
-        queue_size=int(os.environ.get("LOGSTASH_QUEUE_SIZE", "10000")),
-        send_timeout_s=float(os.environ.get("LOGSTASH_SEND_TIMEOUT_S", "5")),
+        config.LOGSTASH_PORT,
+        queue_size=config.LOGSTASH_QUEUE_SIZE,
+        send_timeout_s=config.LOGSTASH_SEND_TIMEOUT_S,
         notice=_notice_logger(service_name, stdout),
     )
     handler.setFormatter(ecs_formatter())
@@ -212,7 +213,7 @@ class LogstashShipper(logging.Handler):
     def close(self) -> None:
         # Called at exit by logging.shutdown(): give queued events a short chance to leave.
         if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
-            self.flush(float(os.environ.get("LOGSTASH_EXIT_FLUSH_S", "2")))
+            self.flush(config.LOGSTASH_EXIT_FLUSH_S)
             self._stop.set()
             self._thread.join(1.0)
         super().close()
@@ -351,7 +352,7 @@ class GunicornLogger(_GunicornLogger):  # type: ignore[misc,valid-type]
 
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
-        name = os.environ.get("SERVICE_NAME") or _service_from_app_uri(
+        name = config.SERVICE_NAME or _service_from_app_uri(
             getattr(cfg, "default_proc_name", "") or cfg.proc_name or "gunicorn")
         handler = _stdout_handler(_ContextFilter(name))
         for logger in (self.error_log,):

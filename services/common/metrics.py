@@ -31,23 +31,13 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from services.common import config
+from services.common import config, image_features
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
 CONFIDENCE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
-# Drift: one histogram per image feature, buckets spanning its natural range.
-FEATURE_BUCKETS: dict[str, tuple[float, ...]] = {
-    "brightness": tuple(float(v) for v in range(16, 256, 16)),                # mean luma 0..255
-    "contrast": (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 128),                # luma std
-    "sharpness": (10, 30, 100, 300, 1000, 3000, 10000, 30000),               # Laplacian variance
-    "saturation": tuple(round(0.05 * i, 2) for i in range(1, 21)),           # 0..1
-    "colourfulness": (5, 10, 20, 30, 40, 50, 60, 80, 100, 150),
-    "aspect_ratio": (0.5, 0.75, 1.0, 1.25, 1.5, 1.78, 2.0, 2.5, 3.0),
-    "width": (64, 128, 256, 320, 480, 640, 720, 1024, 1280, 1920, 2560, 3840, 7680),
-    "height": (64, 128, 256, 320, 380, 480, 640, 720, 1080, 1440, 2160, 4320),
-    "byte_size": (1e4, 3e4, 1e5, 3e5, 1e6, 3e6, 1e7),
-}
-FEATURE_UNITS = {"width": "pixels", "height": "pixels", "byte_size": "bytes"}
+# Drift: one histogram per numeric image feature, buckets spanning its natural range.
+FEATURE_BUCKETS: dict[str, tuple[float, ...]] = {f.name: f.buckets for f in image_features.FEATURES if f.numeric}
+FEATURE_UNITS = {f.name: f.unit for f in image_features.FEATURES if f.unit}
 
 _lock = threading.Lock()
 _service: str | None = None
@@ -56,7 +46,7 @@ _metrics: dict[str, Any] = {}
 
 
 def metrics_dir(service: str) -> Path:
-    base = os.environ.get("METRICS_DIR", "").strip()
+    base = config.METRICS_DIR
     return (Path(base) if base else config.var_dir() / "metrics") / service
 
 
@@ -201,7 +191,7 @@ def instrument(app: Any, service: str) -> None:
     # Several gunicorn workers share one /metrics through the multiprocess files; a
     # single process (Flask test client, `flask run`) keeps its metrics in memory.
     under_gunicorn = os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn")
-    setup(service, multiprocess_mode=under_gunicorn or bool(os.environ.get("METRICS_DIR")))
+    setup(service, multiprocess_mode=under_gunicorn or bool(config.METRICS_DIR))
     _token()  # generated now (if absent), so a scraper can be configured before the first scrape
 
     @app.after_request

@@ -27,8 +27,11 @@ from collections.abc import Callable
 
 from services.common import config
 
-BREAKER_FAILURES = config.env_int("BREAKER_FAILURES", 5)
-BREAKER_RESET_S = config.env_float("BREAKER_RESET_S", 5.0)
+# The declared defaults (services/common/config.py), for callers that reason about them;
+# a breaker reads the current BREAKER_FAILURES / BREAKER_RESET_S when it is made.
+BREAKER_FAILURES = config.Settings.BREAKER_FAILURES.default
+BREAKER_RESET_S = config.Settings.BREAKER_RESET_S.default
+
 
 
 class CircuitOpen(Exception):
@@ -48,8 +51,8 @@ class CircuitBreaker:
     def __init__(self, name: str, failures: int | None = None, reset_after_s: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
-        self.threshold = BREAKER_FAILURES if failures is None else failures
-        self.reset_after_s = BREAKER_RESET_S if reset_after_s is None else reset_after_s
+        self.threshold = config.BREAKER_FAILURES if failures is None else failures
+        self.reset_after_s = config.BREAKER_RESET_S if reset_after_s is None else reset_after_s
         self._clock = clock
         self._lock = threading.Lock()
         self._failures = 0

@@ -19,18 +19,19 @@ configuration only:
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import grpc
 
+from services.common import config
+
 
 def _env(name: str) -> str:
-    return os.environ.get(name, "").strip()
+    return str(getattr(config.settings, name))
 
 
 def _flag(name: str) -> bool:
-    return _env(name).lower() in ("1", "true", "yes", "on")
+    return bool(getattr(config.settings, name))
 
 
 def _read(path: str) -> bytes:

@@ -5,24 +5,15 @@ side >= 320 px (676x380 frames: 338x190): the statistics barely move with scale 
 cost stays flat whatever the upload's size. A JPEG is decoded at up to 1/8 of its size
 directly (check_image's analysis_side); the rest is box-filtered down.
 
-| feature          | meaning                                                        |
-|------------------|----------------------------------------------------------------|
-| width, height    | pixels of the upright (EXIF-applied) image                     |
-| format, mode     | file format and colour mode of the upload (JPEG/RGB, PNG/L...) |
-| byte_size        | size of the upload in bytes                                    |
-| aspect_ratio     | width / height                                                 |
-| brightness       | mean luma, 0 (black) to 255 (white)                            |
-| contrast         | standard deviation of luma (RMS contrast)                      |
-| sharpness        | variance of the Laplacian of luma; low means blurred           |
-| saturation       | mean HSV saturation, 0 to 1                                    |
-| colourfulness    | Hasler & Suesstrunk (2003) colourfulness metric                |
+The features, their meanings and types are listed once, in services/common/image_features.py;
+`extract_features` returns exactly those (tests/unit/test_image_features.py).
 """
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 
-from services.common.images import CheckedImage
+from services.common.images import CheckedImage, analysis_factor
 
 ANALYSIS_SIDE = 320
 
@@ -30,9 +21,7 @@ ANALYSIS_SIDE = 320
 def analysis_image(rgb: Image.Image) -> Image.Image:
     """`rgb` divided by the largest power of two that keeps its longer side >= ANALYSIS_SIDE
     (so between ANALYSIS_SIDE and twice that, unless it was smaller to begin with)."""
-    factor = 1
-    while max(rgb.size) // (factor * 2) >= ANALYSIS_SIDE:
-        factor *= 2
+    factor = analysis_factor(rgb.size, ANALYSIS_SIDE)
     return rgb.reduce(factor) if factor > 1 else rgb
 
 

@@ -11,7 +11,6 @@ per-image latency percentiles.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+
+from services.common import config, triton_client
 
 MODEL = "car_detector"
 
@@ -49,12 +50,12 @@ def draw(path: Path, boxes: np.ndarray, scores: np.ndarray, out_dir: Path, thres
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("images", nargs="+", type=Path)
-    p.add_argument("--server", default=f"127.0.0.1:{os.environ.get('TRITON_GRPC_PORT', '8001')}")
+    p.add_argument("--server", default=config.TRITON_GRPC_URL)
     p.add_argument("--threshold", type=float, default=0.3)
     p.add_argument("--draw", type=Path, default=None)
     p.add_argument("--latency", type=int, default=0, help="sequential requests for the latency measurement")
     args = p.parse_args(argv)
-    client = grpcclient.InferenceServerClient(args.server)
+    client = triton_client.connect(args.server)  # TLS when TRITON_TLS=1
     if not client.is_model_ready(MODEL):
         print(f"{MODEL} is not ready on {args.server}", file=sys.stderr)
         return 1

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from services.common.config import REPO_ROOT
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 COMPOSE_GPU_FILE = REPO_ROOT / "docker-compose.gpu.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
@@ -43,20 +43,7 @@ OTHER_PORTS = {"redis": [6379], "prometheus": [9090], "kong": [8800, 9080, 8100]
 LISTEN_PORTS = {**CONTRACT_PORTS, **OTHER_PORTS}
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # services/common/config.py default
-SECRET_VARS = ("PSEUDONYM_KEY", "API_KEYS", "POSTGRES_PASSWORD", "METRICS_TOKEN")
-
-# Config files written by the observability engineer, mounted by compose. Until a
-# file exists its existence check is skipped (not failed); any other missing mount fails.
-OBSERVABILITY_FILES = {
-    "observability/logstash/pipeline/logstash.conf",
-    "observability/logstash/config/logstash.yml",
-    "observability/elasticsearch/index-template.json",
-    "observability/elasticsearch/ilm-policy.json",
-    "observability/kibana/dashboard.ndjson",
-    "observability/kibana/setup.sh",
-    "observability/prometheus/prometheus.yml",
-    "observability/prometheus/alerts.yml",
-}
+SECRET_VARS = ("PSEUDONYM_KEY", "API_KEYS", "POSTGRES_PASSWORD", "METRICS_TOKEN", "INTERNAL_TOKEN", "REDIS_PASSWORD")
 
 # The Python services' images: Dockerfile -> (compose service, requirements.in).
 PYTHON_IMAGES = {

@@ -1,5 +1,5 @@
 """k8s/: the kustomization rendered (in Python; cross-checked against `kubectl
-kustomize` where kubectl exists), every object validated offline against the
+kustomize`, which scripts/install_tools.sh installs), every object validated offline against the
 Kubernetes OpenAPI schemas in strict mode, and the wiring checked: selectors,
 ports (CONTRACT.md), probes, resources, security, references to ConfigMap/Secret."""
 from __future__ import annotations
@@ -58,7 +58,7 @@ def test_strict_validation_rejects_a_typo(docs: list[dict]) -> None:
         kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[0], strict=True)
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed: the Python renderer alone is used")
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed (scripts/install_tools.sh installs Debian's kubernetes-client)")
 def test_python_renderer_matches_kubectl_kustomize(docs: list[dict]) -> None:
     result = subprocess.run(["kubectl", "kustomize", str(K8S_DIR)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -8,46 +8,38 @@ docs/reliability.md) are printed and written to var/reliability/figures.json.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import statistics
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
-import psycopg2
 import pytest
 import requests
 
-from services.common.resilience import BREAKER_RESET_S, CircuitBreaker, CircuitOpen
+from services.common.resilience import CircuitBreaker, CircuitOpen
 from services.proto import model_serving_pb2 as pb
 from services.proto import model_serving_pb2_grpc as pb_grpc
-from tests.conftest import REPO_ROOT, frame, headers
+from tests.conftest import adapter_channel, frame, headers
 from tests.images import png_bomb
-
-_spec = importlib.util.spec_from_file_location("stack_script", REPO_ROOT / "scripts" / "stack.py")
-STACK = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(STACK)  # type: ignore[union-attr]
-
-FIGURES = REPO_ROOT / "var" / "reliability" / "figures.json"
-INTERNAL_MARKERS = ("Traceback", 'File "', "127.0.0.1", "localhost", "postgresql", "psycopg2", "sqlalchemy",
-                    "ipv4:", "Connection refused")
-TIMEOUT_S = 10.0  # INTERNAL_TIMEOUT_S: the longest any answer may take when a dependency is down
-
-
-def record_figures(name: str, figures: dict) -> None:
-    FIGURES.parent.mkdir(parents=True, exist_ok=True)
-    existing = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
-    existing[name] = {**figures, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    FIGURES.write_text(json.dumps(existing, indent=2, sort_keys=True))
-    print(f"\n{name}: {json.dumps(figures)}")
-
+from tests.system.faults import (
+    STACK,
+    TIMEOUT_S,
+    Load,
+    Outcome,
+    assert_clean_503,
+    ctl,
+    ctl_env,
+    detect,
+    record_figures,
+    stopped,
+    stored_ids,
+    wait_for,
+    wait_stack_healthy,
+)
 
 # --------------------------------------------------------------------------- circuit breaker and client policy (no stack)
 
@@ -98,18 +90,26 @@ def _closed_port() -> int:
 
 
 def test_client_fails_fast_once_the_breaker_is_open():
+    """Once open, the breaker refuses before any connection is tried: a server now
+    listening on the dead port sees no connection attempt at all."""
     from gateway.clients import HttpService
     from services.common.web import ApiError
 
-    service = HttpService("dead service", f"http://127.0.0.1:{_closed_port()}")
+    port = _closed_port()
+    service = HttpService("dead service", f"http://127.0.0.1:{port}")
     for _ in range(service.breaker.threshold):
         with pytest.raises(ApiError) as failed:
             service.call("GET", "/x", "rid")
         assert failed.value.status == 503 and failed.value.headers["Retry-After"]
-    started = time.perf_counter()
-    with pytest.raises(ApiError) as fast:
-        service.call("POST", "/x", "rid", json={})
-    assert time.perf_counter() - started < 0.01  # nothing was attempted
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(8)
+        listener.setblocking(False)
+        with pytest.raises(ApiError) as fast:
+            service.call("POST", "/x", "rid", json={})
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nothing was attempted
     assert fast.value.status == 503 and 1 <= int(fast.value.headers["Retry-After"]) <= 5
 
 
@@ -141,7 +141,7 @@ class _FlakyResults(BaseHTTPRequestHandler):
         self.connection.shutdown(socket.SHUT_RDWR)
 
     def do_GET(self) -> None:
-        record = self.stored.get(self.path.rsplit("/", 1)[-1])
+        record = self.stored.get(self.path.split("?", 1)[0].rsplit("/", 1)[-1])
         self._reply(200, record) if record else self._reply(404, {"error": "no"})
 
 
@@ -166,169 +166,10 @@ def test_a_lost_reply_to_a_stored_prediction_is_retried_and_recognised():
         server.shutdown()
 
 
-# --------------------------------------------------------------------------- helpers on the stack
-
-def ctl_env(stack) -> dict[str, str]:
-    env = dict(stack.env)
-    for name, value in STACK.DEFAULTS.items():
-        env.setdefault(name, value)
-    env["REPO_ROOT"] = str(REPO_ROOT)
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    return env
-
-
-def ctl(stack, *args: str) -> str:
-    done = STACK.supervisorctl(ctl_env(stack), *args)
-    return done.stdout + done.stderr
-
-
-def wait_stack_healthy(stack, timeout_s: float = 240.0) -> None:
-    """Every health check passes, every breaker's open period is over, *and* detects
-    succeed: the next test finds a working stack.
-
-    Breakers are per gunicorn worker and a worker's last failure (a /ready probe, say) may
-    come just before the dependency is back; canary detects can all land on another worker,
-    so waiting for them alone is not enough. After BREAKER_RESET_S every breaker is at
-    least half-open and its next call, a trial, finds the dependency up."""
-    env = ctl_env(stack)
-    deadline = time.monotonic() + timeout_s
-    for name, probe in STACK.health_checks(env).items():
-        while not probe():
-            if time.monotonic() > deadline:
-                pytest.fail(f"{name} did not become healthy again:\n{STACK.log_tail(env, name)}")
-            time.sleep(0.5)
-    time.sleep(float(env.get("BREAKER_RESET_S", BREAKER_RESET_S)))
-    for attempt in range(60):
-        # several in a row: each gunicorn worker has its own breakers
-        if all(detect(stack, "reliability-canary", f"canary-{uuid.uuid4().hex}", timeout=30).status_code == 201
-               for _ in range(4)):
-            return
-        time.sleep(1)
-    pytest.fail("the stack is healthy but detects keep failing")
-
-
-@contextmanager
-def stopped(stack, program: str) -> Iterator[None]:
-    """`program` stopped for the duration of the block; always restarted and healthy after."""
-    output = ctl(stack, "stop", program)
-    assert "stopped" in output or "not running" in output, output
-    try:
-        yield
-    finally:
-        ctl(stack, "start", program)
-        wait_stack_healthy(stack)
-
-
-def detect(stack, user: str, request_id: str, timeout: float = 60.0, session: requests.Session | None = None):
-    return (session or requests).post(
-        f"{stack.gateway}/api/detect", headers=headers("client", **{"X-Request-ID": request_id}),
-        files={"image": ("frame.jpg", frame(), "image/jpeg")}, data={"user_id": user}, timeout=timeout)
-
-
-def stored_ids(stack, request_ids: list[str]) -> set[str]:
-    if not request_ids:
-        return set()
-    with psycopg2.connect(stack.env["DATABASE_URL"]) as connection, connection.cursor() as cursor:
-        cursor.execute("SELECT request_id FROM predictions WHERE request_id = ANY(%s)", (list(request_ids),))
-        return {row[0] for row in cursor.fetchall()}
-
-
-def assert_clean_503(answer: requests.Response) -> None:
-    assert answer.status_code == 503, (answer.status_code, answer.text[:300])
-    assert int(answer.headers["Retry-After"]) >= 1
-    body = answer.json()
-    assert body["error"] and body["request_id"] == answer.headers["X-Request-ID"]
-    for marker in INTERNAL_MARKERS:
-        assert marker not in answer.text, (marker, answer.text)
-
-
-@dataclass
-class Outcome:
-    request_id: str
-    status: int | str  # HTTP status, or the connection error's name
-    elapsed_s: float
-    retry_after: str | None = None
-
-
-@dataclass
-class Load:
-    """N clients sending detects in a loop until stopped, each with its own request ids."""
-    stack: object
-    users: int
-    prefix: str = field(default_factory=lambda: f"load-{uuid.uuid4().hex[:8]}")
-    outcomes: list[Outcome] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(self.users)]
-
-    @property
-    def user_id(self) -> str:
-        return f"{self.prefix}-subject"
-
-    def _run(self, index: int) -> None:
-        session, n = requests.Session(), 0
-        while not self._stop.is_set():
-            n += 1
-            request_id = f"{self.prefix}-{index}-{n}"
-            started = time.perf_counter()
-            try:
-                answer = detect(self.stack, self.user_id, request_id, session=session)
-                outcome = Outcome(request_id, answer.status_code, time.perf_counter() - started,
-                                  answer.headers.get("Retry-After"))
-                if answer.status_code >= 500:
-                    assert_clean_503(answer)
-                    time.sleep(0.2)  # a client backs off a little (not the whole Retry-After: keep probing)
-            except requests.RequestException as error:
-                outcome = Outcome(request_id, type(error).__name__, time.perf_counter() - started)
-                session = requests.Session()
-                time.sleep(0.2)  # a refused connection is instant: do not spin
-            except AssertionError as error:
-                outcome = Outcome(request_id, f"bad 5xx: {error}", time.perf_counter() - started)
-            with self._lock:
-                self.outcomes.append(outcome)
-
-    def __enter__(self) -> "Load":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(90)
-
-    def count(self, status: int | str) -> int:
-        return sum(1 for o in self.outcomes if o.status == status)
-
-    def acknowledged(self) -> list[str]:
-        return [o.request_id for o in self.outcomes if o.status == 201]
-
-    def summary(self) -> dict:
-        statuses: dict[str, int] = {}
-        for outcome in self.outcomes:
-            statuses[str(outcome.status)] = statuses.get(str(outcome.status), 0) + 1
-        return {"sent": len(self.outcomes), "statuses": statuses}
-
-
-def wait_for(predicate, timeout_s: float, interval_s: float = 0.5) -> float | None:
-    """Seconds until predicate() held, or None."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        try:
-            if predicate():
-                return time.monotonic() - started
-        except Exception:
-            pass
-        time.sleep(interval_s)
-    return None
-
-
 # --------------------------------------------------------------------------- the gRPC adapter's limits
 
 def test_adapter_refuses_oversize_messages_and_bad_images_as_client_errors(stack):
-    with grpc.insecure_channel(stack.adapter, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]) as channel:
+    with adapter_channel(stack.adapter, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]) as channel:
         stub = pb_grpc.ModelServingStub(channel)
         with pytest.raises(grpc.RpcError) as oversize:
             stub.Predict(pb.PredictionRequest(request_id="too-big", image_data=b"\0" * (11 * 1024 * 1024)), timeout=30)
@@ -420,13 +261,13 @@ def test_a_hanging_triton_costs_at_most_the_timeout_then_nothing(stack):
         wait_stack_healthy(stack)
     assert all(o.status == 503 and o.retry_after for o in outcomes), outcomes
     slowest = max(o.elapsed_s for o in outcomes)
-    assert slowest < TIMEOUT_S + 1.5, slowest
-    fast = [o for o in outcomes if o.elapsed_s < 1.0]
+    assert slowest < TIMEOUT_S + 3, slowest
+    fast = [o for o in outcomes if o.elapsed_s < TIMEOUT_S / 5]
     assert len(fast) >= 4, [round(o.elapsed_s, 2) for o in outcomes]  # the breakers took over
     assert stored_ids(stack, [o.request_id for o in outcomes]) == set()
     record_figures("triton_hanging", {
         "requests": len(outcomes), "status": 503, "latency_s": [round(o.elapsed_s, 2) for o in outcomes],
-        "max_latency_s": round(slowest, 2), "answered_within_1s": len(fast),
+        "max_latency_s": round(slowest, 2), "answered_within_2s": len(fast),
         "retry_after_values": sorted({o.retry_after for o in outcomes})})
 
 
@@ -451,8 +292,9 @@ def test_results_service_down_means_503_and_nothing_stored(stack, http):
     exported = http.get(f"{stack.gateway}/api/results/predictions/user/{user}", headers=headers("dpo"))
     assert exported.status_code == 200 and exported.json()["count"] == 0
     assert max(latencies) < TIMEOUT_S
-    # once a worker's breaker is open, the 503 comes before any inference is spent
-    assert sum(1 for s in latencies if s < 0.1) >= 2, [round(s, 3) for s in latencies]
+    # once a worker's breaker is open, the 503 comes before any inference is spent: those
+    # answers take well under the ones that ran an inference first (relative, for a loaded machine)
+    assert sum(1 for s in latencies if s < statistics.median(latencies[:4]) / 3) >= 2, [round(s, 3) for s in latencies]
     record_figures("results_service_down", {
         "requests": len(request_ids), "status": 503, "retry_after": answer.headers["Retry-After"], "body": body,
         "latency_ms": [round(s * 1000, 1) for s in latencies], "stored_later": 0})
@@ -501,10 +343,14 @@ def test_no_acknowledged_result_is_lost_when_services_restart_under_load(stack):
     lost = set(acknowledged) - stored
     assert load.count(201) > 20, load.summary()
     assert not lost, f"acknowledged but not stored: {sorted(lost)[:10]}"
+    # graceful restarts (SIGTERM): in-flight requests finish, so every stored row got its 201
+    # (hard kills, where a retry settles it, are in test_hard_faults.py)
+    unacknowledged = stored - set(acknowledged)
+    assert not unacknowledged, f"stored without a 201: {sorted(unacknowledged)[:10]}"
     odd = [o for o in load.outcomes if o.status not in (201, 503) and not isinstance(o.status, str)]
     assert not odd, odd[:5]
     assert not [o for o in load.outcomes if isinstance(o.status, str) and o.status.startswith("bad 5xx")]
     record_figures("restart_under_load", {
         **load.summary(), "restart_s": restarts, "acknowledged": len(acknowledged), "acknowledged_lost": len(lost),
-        "stored_without_acknowledgement": len(stored - set(acknowledged)),
+        "stored_without_acknowledgement": len(unacknowledged),
     })

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from governance import drift
-from governance.explain import ExplainError, explain_image, grid_cells, parse_grid
+from services.common.explain import ExplainError, explain_image, grid_cells, parse_grid
 
 BOX = (200.0, 100.0, 320.0, 180.0)  # the "car" the fake model sees
 

@@ -1,5 +1,6 @@
 """Model registry: deterministic hashes, lineage, tamper detection, deprecation -> Triton
-version policy, and the adapter's refusal to serve a tampered version."""
+version policy, and the adapter's refusal to serve a tampered or unregistered version
+(the guard lives in the core, services/common/integrity.py)."""
 from __future__ import annotations
 
 import io
@@ -13,7 +14,8 @@ import pytest
 from PIL import Image
 
 from governance import model_registry as mr
-from governance.model_registry import ModelRegistry, RegistryError, ServingGuard, hash_model
+from governance.model_registry import ModelRegistry, RegistryError, hash_model
+from services.common.integrity import ServingGuard, stat_signature
 
 CONFIG = """name: "car_detector"
 backend: "python"
@@ -132,25 +134,73 @@ def test_deprecation_rewrites_the_version_policy(repo):
 def test_serving_guard(repo, monkeypatch):
     vdir = make_version(repo, 1)
     guard = ServingGuard(recheck_s=0)
-    assert guard.refusal("1") is None  # no registry yet: unverified, served with a warning
+    assert "no model registry" in (guard.refusal("1") or "")  # strict by default: unverified is refused
     assert ServingGuard(strict=True).refusal("1") is not None
+    assert ServingGuard(strict=False, recheck_s=0).refusal("1") is None  # the opt-out serves it, with a warning
+    monkeypatch.setenv("MODEL_REGISTRY_ENFORCE", "warn")
+    assert ServingGuard(recheck_s=0).refusal("1") is None
+    monkeypatch.delenv("MODEL_REGISTRY_ENFORCE")
     ModelRegistry().register_model(vdir)
     assert guard.refusal("1") is None
     (vdir / "model.py").write_text("import os; os.system('curl evil')\n")
     reason = guard.refusal("1")
     assert reason and "does not match its registered hash" in reason and "model.py" in reason
+    assert ServingGuard(strict=False, recheck_s=0).refusal("1")  # a mismatch is refused even when lenient
     make_version(repo, 2)
-    assert guard.refusal("2") is None and ServingGuard(strict=True).refusal("2")
+    assert "not in the registry" in (guard.refusal("2") or "") and ServingGuard(strict=True).refusal("2")
+    assert ServingGuard(strict=False, recheck_s=0).refusal("2") is None
 
 
-def test_the_serving_guard_looks_at_the_files_again_after_its_interval(repo):
+def test_the_serving_guard_refuses_an_unreadable_registry(repo, tmp_path):
     vdir = make_version(repo, 1)
     ModelRegistry().register_model(vdir)
-    guard = ServingGuard(recheck_s=0.3)
+    (tmp_path / "registry.json").write_text("{not json")
+    assert "registry check" in (ServingGuard(recheck_s=0).refusal("1") or "")
+    assert "not visible" in (ServingGuard(recheck_s=0).refusal("9") or "")
+
+
+def test_a_swapped_file_with_restored_size_and_mtime_is_caught(repo):
+    """Same size, same mtime (touch -r): the inode and ctime still change, so the guard rehashes."""
+    vdir = make_version(repo, 1)
+    ModelRegistry().register_model(vdir)
+    guard = ServingGuard(recheck_s=0)
+    assert guard.refusal("1") is None
+    target = vdir / "model.py"
+    before = target.stat()
+    signature = stat_signature(vdir)
+    swapped = vdir / "model.py.new"
+    swapped.write_text("class TritonPythonModel: passX\n"[: before.st_size])
+    assert swapped.stat().st_size == before.st_size
+    swapped.replace(target)
+    import os
+
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert target.stat().st_size == before.st_size and target.stat().st_mtime_ns == before.st_mtime_ns
+    assert stat_signature(vdir) != signature
+    assert "does not match its registered hash" in (guard.refusal("1") or "")
+
+
+def test_the_serving_guard_looks_at_the_files_again_after_its_interval(repo, monkeypatch):
+    import services.common.integrity as registry_module
+
+    now = [1000.0]  # the guard's clock, moved by hand: no sleep, no window a loaded machine can miss
+
+    class Clock:
+        def __getattr__(self, name: str):
+            return getattr(time, name)
+
+        def monotonic(self) -> float:
+            return now[0]
+
+    monkeypatch.setattr(registry_module, "time", Clock())
+    vdir = make_version(repo, 1)
+    ModelRegistry().register_model(vdir)
+    guard = ServingGuard(recheck_s=30)
     assert guard.refusal("1") is None
     (vdir / "model.py").write_text("tampered\n")
+    now[0] += 29
     assert guard.refusal("1") is None  # within the interval: the cached verdict, no file system walk
-    time.sleep(0.35)
+    now[0] += 2
     assert "does not match its registered hash" in (guard.refusal("1") or "")
 
 

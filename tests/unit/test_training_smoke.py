@@ -64,7 +64,7 @@ def test_version_dir_contents(version_dir: Path) -> None:
 def test_serving_signature_accepts_odd_images(version_dir: Path) -> None:
     fn = tf.saved_model.load(str(version_dir / "model.savedmodel")).signatures["serving_default"]
     rgb = Image.fromarray((np.random.default_rng(0).random((50, 90, 3)) * 255).astype(np.uint8))
-    grey16 = Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257))
+    grey16 = Image.fromarray(np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)
     files = [
         _encode(rgb, "JPEG"),
         _encode(rgb.convert("L"), "JPEG"),

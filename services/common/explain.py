@@ -13,28 +13,35 @@ largest drop, share of the evidence inside the box, the full grid), and a heat-m
 PNG (the positive drops, normalised by each detection's reference score, the
 maximum over detections, overlaid in red on the image, boxes drawn).
 
-Cost is bounded: 1 + 1 + cols*rows inferences (98 by default), cols*rows <= 192.
+Cost is bounded: 1 + 1 + cols*rows inferences (98 by default), cols*rows <= 192, an
+image of at most EXPLAIN_MAX_PIXELS, one total deadline (EXPLAIN_DEADLINE_S) for all
+of its Triton calls, and EXPLAIN_CONCURRENCY explanations at a time per process
+(`explanation_slot`; the next caller is told to come back, not queued). Triton is
+called through services/common/triton_client.py (TLS, breaker) and the served version
+is checked against the model registry, as the gRPC adapter does.
 """
 from __future__ import annotations
 
 import base64
 import io
-import os
 import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from services.common import config
 from services.common.images import check_image
+from services.common.model_info import operating_threshold
+from services.common.triton_client import TritonModel, TritonRejected, TritonUnavailable
 
 DEFAULT_GRID = (12, 8)            # columns x rows
 MAX_CELLS = 192                   # bound on the inferences one explanation may cost
-# At most the model's max_batch_size (8 in config.pbtxt; the contract guarantees >= 8).
-BATCH_SIZE = config.env_int("EXPLAIN_BATCH_SIZE", 8)
-MAX_EXPLAINED = config.env_int("EXPLAIN_MAX_DETECTIONS", 5)
 MATCH_IOU = 0.5
 JPEG_QUALITY = 95
 
@@ -43,9 +50,12 @@ InferFn = Callable[[Sequence[bytes]], tuple[list[tuple[np.ndarray, np.ndarray, l
 
 
 class ExplainError(Exception):
-    def __init__(self, message: str, status: int = 400) -> None:
+    """status: the HTTP answer. public: the message may be shown to the caller even for a 5xx
+    (it names no internal host)."""
+
+    def __init__(self, message: str, status: int = 400, retry_after_s: float | None = None, public: bool = False) -> None:
         super().__init__(message)
-        self.message, self.status = message, status
+        self.message, self.status, self.retry_after_s, self.public = message, status, retry_after_s, public
 
 
 @dataclass
@@ -54,47 +64,60 @@ class Explanation:
     png: bytes
 
 
+# --------------------------------------------------------------------------- limits
+
+# The end of the running explanation's time budget (time.monotonic()), for TritonInfer.
+_deadline: ContextVar[float | None] = ContextVar("explain_deadline", default=None)
+_slots: threading.BoundedSemaphore | None = None
+_slots_lock = threading.Lock()
+
+
+@contextmanager
+def explanation_slot() -> Iterator[None]:
+    """Hold one of the process's EXPLAIN_CONCURRENCY slots, or raise ExplainError(429) at once."""
+    global _slots
+    with _slots_lock:
+        if _slots is None:
+            _slots = threading.BoundedSemaphore(max(1, config.EXPLAIN_CONCURRENCY))
+    if not _slots.acquire(blocking=False):
+        raise ExplainError("the explanation engine is busy with another image; retry shortly", 429,
+                           retry_after_s=config.RETRY_AFTER_S)
+    try:
+        yield
+    finally:
+        _slots.release()
+
+
+def _remaining_s() -> float | None:
+    deadline = _deadline.get()
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise ExplainError(f"the explanation did not finish within {config.EXPLAIN_DEADLINE_S:g} s; "
+                           "retry later or with a coarser ?grid=", 503, retry_after_s=config.RETRY_AFTER_S, public=True)
+    return left
+
+
 # --------------------------------------------------------------------------- Triton
 
 
 class TritonInfer:
-    """One tritonclient.grpc client per process (gRPC channels do not survive fork)."""
+    """Batches of images through the one Triton client (each call bounded by the deadline left)."""
 
-    def __init__(self, url: str | None = None, model: str | None = None, timeout_s: float = 60.0) -> None:
-        self.url = url or config.TRITON_GRPC_URL
-        self.model = model or config.TRITON_MODEL_NAME
-        self.timeout_s = timeout_s
-        self._lock = threading.Lock()
-        self._client = None
-        self._pid: int | None = None
-
-    def client(self):  # type: ignore[no-untyped-def]
-        import tritonclient.grpc as grpcclient
-
-        with self._lock:
-            if self._client is None or self._pid != os.getpid():
-                self._client, self._pid = grpcclient.InferenceServerClient(url=self.url), os.getpid()
-            return self._client
+    def __init__(self, model: TritonModel | None = None) -> None:
+        self.model = model or TritonModel(timeout_s=config.EXPLAIN_DEADLINE_S)
 
     def __call__(self, images: Sequence[bytes]) -> tuple[list[tuple[np.ndarray, np.ndarray, list[str]]], str]:
-        import tritonclient.grpc as grpcclient
-        from tritonclient.utils import InferenceServerException
-
-        image_input = grpcclient.InferInput("IMAGE", [len(images), 1], "BYTES")
-        image_input.set_data_from_numpy(np.array([[data] for data in images], dtype=np.object_))
-        outputs = [grpcclient.InferRequestedOutput(name) for name in ("BOXES", "SCORES", "LABELS")]
         try:
-            result = self.client().infer(self.model, [image_input], outputs=outputs, client_timeout=self.timeout_s)
-        except InferenceServerException as exc:
-            message = exc.message() or str(exc)
-            status = 400 if "INVALID_ARGUMENT" in (exc.status() or "") else 503
-            raise ExplainError(f"the model server could not run the explanation: {message}", status) from None
-        boxes, scores, labels = result.as_numpy("BOXES"), result.as_numpy("SCORES"), result.as_numpy("LABELS")
-        per_image = []
-        for i in range(len(images)):
-            names = [label.decode() if isinstance(label, bytes) else str(label) for label in labels[i]]
-            per_image.append((np.asarray(boxes[i], dtype=np.float32), np.asarray(scores[i], dtype=np.float32), names))
-        return per_image, result.get_response().model_version
+            result = self.model.infer(images, timeout_s=_remaining_s())
+        except TritonRejected as exc:
+            raise ExplainError(f"the model could not read the image: {exc}", 400) from None
+        except TritonUnavailable as exc:
+            _remaining_s()  # a call cut by the explanation's own deadline says so
+            raise ExplainError(f"the model server could not run the explanation: {exc}", 503,
+                               retry_after_s=exc.retry_after_s) from None
+        return [(r.boxes, r.scores, r.labels) for r in result.images], result.model_version
 
 
 _default_infer: TritonInfer | None = None
@@ -105,7 +128,7 @@ def serving_guard():  # type: ignore[no-untyped-def]
     """The same registry check as the gRPC adapter (explanations call Triton directly)."""
     global _guard
     if _guard is None:
-        from governance.model_registry import ServingGuard
+        from services.common.integrity import ServingGuard
 
         _guard = ServingGuard()
     return _guard
@@ -165,23 +188,42 @@ def _matched_score(box: Sequence[float], label: str, boxes: np.ndarray, scores: 
 # --------------------------------------------------------------------------- explanation
 
 
-def explain_image(data: bytes, threshold: float = 0.5, grid: tuple[int, int] = DEFAULT_GRID,
-                  infer: InferFn | None = None, batch_size: int = BATCH_SIZE,
-                  max_detections: int = MAX_EXPLAINED, guard: bool = True) -> Explanation:
+def explain_image(data: bytes, threshold: float | None = None, grid: tuple[int, int] = DEFAULT_GRID,
+                  infer: InferFn | None = None, batch_size: int | None = None,
+                  max_detections: int | None = None, guard: bool = True,
+                  deadline_s: float | None = None) -> Explanation:
+    """Explain each detection of `data` at or above `threshold` (default: the served version's
+    operating threshold; at most EXPLAIN_MAX_DETECTIONS detections).
+
+    Raises ImageRejected (bad or too large an image) or ExplainError."""
     infer = infer or default_infer()
-    checked = check_image(data)
-    rgb = checked.rgb
+    batch_size = max(1, config.EXPLAIN_BATCH_SIZE if batch_size is None else batch_size)
+    max_detections = config.EXPLAIN_MAX_DETECTIONS if max_detections is None else max_detections
+    # Every occluded copy is re-encoded at full size: the pixel budget is the explanation's own.
+    checked = check_image(data, max_pixels=min(config.MAX_IMAGE_PIXELS, config.EXPLAIN_MAX_PIXELS))
+    token = _deadline.set(time.monotonic() + (config.EXPLAIN_DEADLINE_S if deadline_s is None else deadline_s))
+    try:
+        assert checked.rgb is not None  # check_image decodes by default
+        return _explain(checked.rgb, checked.model_bytes, threshold, grid, infer, batch_size, max_detections, guard)
+    finally:
+        _deadline.reset(token)
+
+
+def _explain(rgb: Image.Image, model_bytes: bytes, threshold: float | None, grid: tuple[int, int], infer: InferFn,
+             batch_size: int, max_detections: int, guard: bool) -> Explanation:
     width, height = rgb.size
     # A cell must hold at least one pixel to occlude: a tiny image gets a coarser grid
     # (the response's "grid" says which).
     cols, rows = min(grid[0], width), min(grid[1], height)
-    (original,), model_version = infer([checked.model_bytes])
+    (original,), model_version = infer([model_bytes])
     refusal = serving_guard().refusal(model_version) if guard else None
     if refusal:
         raise ExplainError(f"the served model is not the registered one: {refusal}", 503)
+    if threshold is None:
+        threshold = operating_threshold(model_version)
     boxes, scores, labels = original
     keep = [i for i in range(len(scores)) if scores[i] >= threshold and labels[i]][:max_detections]
-    detections = [{"class_name": labels[i], "confidence": round(float(scores[i]), 4),
+    detections: list[dict[str, Any]] = [{"class_name": labels[i], "confidence": round(float(scores[i]), 4),
                    "bbox": dict(zip(("x_min", "y_min", "x_max", "y_max"), (round(float(v), 1) for v in boxes[i])))}
                   for i in keep]
     cells = grid_cells(width, height, cols, rows)
@@ -199,17 +241,24 @@ def explain_image(data: bytes, threshold: float = 0.5, grid: tuple[int, int] = D
     if detections:
         fill = tuple(int(v) for v in np.asarray(rgb, dtype=np.float32).reshape(-1, 3).mean(axis=0).round())
         body["occlusion_fill"] = {"rgb": list(fill), "what": "mean colour of the image"}
-        variants = [_encode(rgb)]
-        for _, _, x0, y0, x1, y1 in cells:
+
+        def variant(index: int) -> bytes:  # 0: the re-encoded reference, then one per cell
+            if index == 0:
+                return _encode(rgb)
+            _, _, x0, y0, x1, y1 = cells[index - 1]
             occluded = rgb.copy()
             ImageDraw.Draw(occluded).rectangle([x0, y0, x1 - 1, y1 - 1], fill=fill)
-            variants.append(_encode(occluded))
+            return _encode(occluded)
+
+        # Encoded one batch at a time, so memory holds one batch of copies, not all of them.
+        count = 1 + len(cells)
         results: list[tuple[np.ndarray, np.ndarray, list[str]]] = []
-        for start in range(0, len(variants), max(1, batch_size)):
-            chunk, _ = infer(variants[start:start + batch_size])
+        for start in range(0, count, batch_size):
+            _remaining_s()  # past the deadline: stop here, whatever the infer function
+            chunk, _ = infer([variant(i) for i in range(start, min(count, start + batch_size))])
             results.extend(chunk)
-        body["inferences"] = 1 + len(variants)
-        body["batches"] = -(-len(variants) // max(1, batch_size))
+        body["inferences"] = 1 + count
+        body["batches"] = -(-count // batch_size)
         reference, occluded_results = results[0], results[1:]
         for detection in detections:
             box = [detection["bbox"][k] for k in ("x_min", "y_min", "x_max", "y_max")]

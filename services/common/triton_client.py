@@ -1,0 +1,170 @@
+"""The one client of the Triton model `car_detector` (signature in docs/api.md and CONTRACT.md).
+
+Everything that talks to Triton goes through here: the gRPC adapter, the explanation
+engine, services/triton/check.py, training/evaluate.py and loadtest/bench.py. It gives
+
+- TLS when `TRITON_TLS=1` (verified against `TLS_CA_FILE`, see services/common/tls.py);
+- gRPC channel arguments that reconnect within ~2 s once Triton is back;
+- a timeout on every call (`INTERNAL_TIMEOUT_S` unless the caller gives its own);
+- one circuit breaker per client (services/common/resilience.py): consecutive
+  UNAVAILABLE/timeouts make calls fail at once for a few seconds;
+- one channel per process, made again after a fork (gRPC channels do not survive one).
+
+`connect()` is the plain `tritonclient.grpc.InferenceServerClient` with the same TLS and
+channel settings, for tools that drive Triton themselves (benchmarks, evaluation).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from services.common import config, tls
+from services.common.resilience import CircuitBreaker, CircuitOpen
+
+if TYPE_CHECKING:  # tritonclient is imported lazily: tools import this module cheaply
+    import tritonclient.grpc as grpcclient
+
+INPUT = "IMAGE"
+OUTPUTS = ("BOXES", "SCORES", "LABELS")
+# gRPC's default reconnect backoff grows to 120 s; Triton restarts should cost ~2 s.
+_RECONNECT_ARGS = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
+class TritonUnavailable(Exception):
+    """Triton cannot be reached or cannot serve the model right now (or the breaker is open)."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class TritonRejected(Exception):
+    """Triton refused this input (e.g. an image it cannot decode)."""
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One image's outputs, after Triton's non-maximum suppression, by descending score."""
+
+    boxes: np.ndarray  # float32 [n, 4]: x_min, y_min, x_max, y_max in original pixels
+    scores: np.ndarray  # float32 [n]
+    labels: list[str]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    images: list[ImageResult]
+    model_version: str
+
+
+def channel_args() -> list[tuple[str, int]]:
+    from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
+
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        *_RECONNECT_ARGS,
+    ]
+
+
+def connect(url: str | None = None) -> grpcclient.InferenceServerClient:
+    """A plain tritonclient gRPC client to `url` (default TRITON_GRPC_URL), TLS when TRITON_TLS=1."""
+    import tritonclient.grpc as grpcclient
+
+    return grpcclient.InferenceServerClient(url=url or config.TRITON_GRPC_URL, channel_args=channel_args(),
+                                            **tls.triton_client_kwargs())  # type: ignore[arg-type]
+
+
+def _classify(exc: Exception) -> Exception:
+    """Map a tritonclient error to TritonUnavailable (counts against the breaker) or TritonRejected."""
+    status = getattr(exc, "status", lambda: "")() or ""
+    message = getattr(exc, "message", lambda: str(exc))() or status
+    if any(code in status for code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED")) or (
+        "not ready" in message or "unavailable" in message.lower()
+    ):
+        return TritonUnavailable(message)
+    if "INVALID_ARGUMENT" in status or "decode" in message:
+        return TritonRejected(message)
+    return TritonUnavailable(message)
+
+
+class TritonModel:
+    """One model on one Triton, shared by every thread of the process."""
+
+    def __init__(self, url: str | None = None, model_name: str | None = None, timeout_s: float | None = None,
+                 breaker: CircuitBreaker | None = None) -> None:
+        self.url = url or config.TRITON_GRPC_URL
+        self.model_name = model_name or config.TRITON_MODEL_NAME
+        self.timeout_s = config.INTERNAL_TIMEOUT_S if timeout_s is None else timeout_s
+        self.breaker = breaker or CircuitBreaker("triton")
+        self._lock = threading.Lock()
+        self._client: grpcclient.InferenceServerClient | None = None
+        self._pid: int | None = None
+
+    @property
+    def client(self) -> grpcclient.InferenceServerClient:
+        with self._lock:
+            if self._client is None or self._pid != os.getpid():
+                self._client, self._pid = connect(self.url), os.getpid()
+            return self._client
+
+    def is_ready(self, timeout_s: float = 2.0) -> bool:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return bool(self.client.is_model_ready(self.model_name, client_timeout=timeout_s))
+        except InferenceServerException:
+            return False
+
+    def served_version(self, timeout_s: float = 2.0) -> str:
+        """The newest version Triton serves, from the model's metadata."""
+        metadata = self.client.get_model_metadata(self.model_name, client_timeout=timeout_s)
+        return max(metadata.versions, key=int) if metadata.versions else ""
+
+    def infer(self, images: Sequence[bytes], request_id: str = "", timeout_s: float | None = None) -> BatchResult:
+        """Detections for each encoded image (one request; Triton batches across requests).
+
+        Raises TritonUnavailable (breaker open, unreachable, timeout) or TritonRejected."""
+        try:
+            self.breaker.before_call()
+        except CircuitOpen as open_:
+            raise TritonUnavailable(str(open_), open_.retry_after_s) from None
+        try:
+            result = self._infer(images, request_id, self.timeout_s if timeout_s is None else timeout_s)
+        except TritonUnavailable:
+            self.breaker.failure()
+            raise
+        except BaseException:
+            self.breaker.success()  # Triton answered (refused the input), or a local error
+            raise
+        self.breaker.success()
+        return result
+
+    def _infer(self, images: Sequence[bytes], request_id: str, timeout_s: float) -> BatchResult:
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        image_input = grpcclient.InferInput(INPUT, [len(images), 1], "BYTES")
+        image_input.set_data_from_numpy(np.array([[data] for data in images], dtype=np.object_))
+        outputs = [grpcclient.InferRequestedOutput(name) for name in OUTPUTS]
+        try:
+            result = self.client.infer(self.model_name, [image_input], outputs=outputs, request_id=request_id,
+                                       client_timeout=timeout_s)
+        except InferenceServerException as exc:
+            raise _classify(exc) from None
+        boxes, scores, labels = (result.as_numpy(name) for name in OUTPUTS)
+        per_image = [
+            ImageResult(np.asarray(boxes[i], dtype=np.float32), np.asarray(scores[i], dtype=np.float32),
+                        [label.decode() if isinstance(label, bytes) else str(label) for label in labels[i]])
+            for i in range(len(images))
+        ]
+        return BatchResult(per_image, result.get_response().model_version)

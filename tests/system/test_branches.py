@@ -1,0 +1,256 @@
+"""Branches that matter and had no test: the results service answering 5xx, the
+feature relay (success and 5xx), explain's refusals (threshold, Triton down, a
+tampered model), the adapter's min_confidence, and the retention purge of journal
+rows and on SQLite. Real services throughout; where a real backend cannot be made
+to answer a 5xx on demand (the feature service), a stand-in that only answers 500
+sits behind a real gateway."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import grpc
+import pytest
+import requests
+import sqlalchemy as sa
+
+from services.proto import model_serving_pb2 as pb
+from services.proto import model_serving_pb2_grpc as pb_grpc
+from tests.conftest import (
+    REPO_ROOT,
+    frame,
+    free_port,
+    gunicorn_command,
+    headers,
+    wait_until,
+)
+from tests.system.faults import assert_clean_503
+from tests.system.test_security import assert_clean_error, base_env, spawn, stop
+
+
+class _Always500(BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+    def _fail(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        body = b'{"error": "internal error"}'
+        self.send_response(500)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _fail
+
+
+@pytest.fixture(scope="module")
+def broken_gateway(stack, sqlite_results, tmp_path_factory) -> Iterator[str]:
+    """A real gateway whose feature service answers only 500, whose results service is
+    the SQLite one (broken by the tests that need it), and whose Triton (for explain)
+    is a port where nothing listens."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Always500)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    folder, port = tmp_path_factory.mktemp("broken-gateway"), free_port()
+    env = base_env(folder / "var", **{
+        "API_KEYS": stack.env["API_KEYS"], "PSEUDONYM_KEY": stack.env["PSEUDONYM_KEY"], "RATE_LIMIT": "1000 per second",
+        "RATELIMIT_STORAGE_URI": stack.redis.db(12), "FEATURE_SERVICE_URL": f"http://127.0.0.1:{server.server_address[1]}",
+        "RESULTS_SERVICE_URL": sqlite_results[0], "MODEL_SERVING_ADDR": stack.adapter,
+        "TRITON_GRPC_URL": f"127.0.0.1:{free_port()}", "GATEWAY_PORT": str(port)})
+    process = spawn(gunicorn_command("gateway.app:app", port), env, folder / "gateway.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_until(lambda: requests.get(f"{url}/health", timeout=1).status_code == 200, 90), \
+            (folder / "gateway.log").read_text()[-2000:]
+        yield url
+    finally:
+        stop(process)
+        server.shutdown()
+
+
+def _detect(url: str, request_id: str, user: str = "branch-user") -> requests.Response:
+    return requests.post(f"{url}/api/detect", headers=headers("client", **{"X-Request-ID": request_id}),
+                         files={"image": ("f.jpg", frame(), "image/jpeg")}, data={"user_id": user}, timeout=60)
+
+
+# --------------------------------------------------------------------------- results service 5xx
+
+def test_results_service_5xx_means_503_and_nothing_stored(broken_gateway, sqlite_results):
+    url, db_file = sqlite_results
+    with sqlite3.connect(db_file) as connection:
+        connection.execute("ALTER TABLE predictions RENAME TO predictions_away")
+    try:
+        probe = {"request_id": f"probe-{uuid.uuid4().hex}", "user_id": "u", "model_version": "1",
+                 "inference_time_ms": 1.0, "detections": []}
+        assert requests.post(f"{url}/predictions", json=probe, timeout=30).status_code >= 500  # a real 5xx
+        request_ids = [f"r5xx-{uuid.uuid4().hex[:12]}" for _ in range(3)]
+        for request_id in request_ids:
+            answer = _detect(broken_gateway, request_id)
+            assert_clean_503(answer)
+            assert "storage" in answer.json()["error"] or "results service" in answer.json()["error"], answer.text
+    finally:
+        with sqlite3.connect(db_file) as connection:
+            connection.execute("ALTER TABLE predictions_away RENAME TO predictions")
+    for request_id in request_ids:
+        assert requests.get(f"{url}/predictions/{request_id}", timeout=30).status_code == 404
+
+
+# --------------------------------------------------------------------------- the feature relay
+
+def test_feature_relay_passes_the_feature_services_answer_through(stack, http):
+    direct = http.post(stack.url("FEATURE_PORT", "/preprocess?include_image=false"), data=frame(),
+                       headers={"Content-Type": "image/jpeg"})
+    relayed = http.post(f"{stack.gateway}/api/features/preprocess?include_image=false", data=frame(),
+                        headers={**headers("client"), "Content-Type": "image/jpeg"})
+    assert direct.status_code == relayed.status_code == 200, relayed.text
+    assert relayed.headers["Content-Type"].startswith("application/json")
+    strip = lambda body: {k: v for k, v in body.items() if k != "request_id"}  # noqa: E731
+    assert strip(relayed.json()) == strip(direct.json())
+    assert relayed.json()["features"]["width"] == 676
+    refused = http.post(f"{stack.gateway}/api/features/preprocess", data=b"not an image",
+                        headers={**headers("client"), "Content-Type": "image/jpeg"})
+    assert 400 <= refused.status_code < 500 and "image" in assert_clean_error(refused)["error"].lower()
+
+
+def test_feature_relay_turns_a_5xx_into_a_clean_503(broken_gateway):
+    answer = requests.post(f"{broken_gateway}/api/features/preprocess", data=frame(),
+                           headers={**headers("client"), "Content-Type": "image/jpeg"}, timeout=30)
+    assert_clean_503(answer)
+    assert "internal error" not in answer.text
+
+
+def test_detect_without_features_when_the_feature_service_answers_5xx(broken_gateway, sqlite_results):
+    request_id = f"nofeat-{uuid.uuid4().hex[:12]}"
+    answer = _detect(broken_gateway, request_id)
+    assert answer.status_code == 201 and answer.json()["features"] is None and answer.json()["detections"], answer.text
+    stored = requests.get(f"{sqlite_results[0]}/predictions/{request_id}", timeout=30).json()
+    assert stored["features"] is None and stored["detections"] == answer.json()["detections"]
+
+
+# --------------------------------------------------------------------------- explain
+
+@pytest.mark.parametrize("threshold", ["abc", "0.01", "0", "1.5", "-1", "nan", "inf", ""])
+def test_explain_refuses_a_bad_threshold(stack, http, threshold):
+    answer = http.post(f"{stack.gateway}/api/explain?threshold={threshold}", headers=headers("dpo"),
+                       files={"image": ("f.jpg", frame(), "image/jpeg")})
+    assert "threshold" in assert_clean_error(answer, 400)["error"]
+
+
+def test_explain_with_triton_down_is_a_clean_503(broken_gateway):
+    answer = requests.post(f"{broken_gateway}/api/explain", headers=headers("dpo"),
+                           files={"image": ("f.jpg", frame(), "image/jpeg")}, timeout=90)
+    assert_clean_503(answer)
+    assert "model" in answer.json()["error"]
+
+
+def test_explain_refuses_a_model_that_is_not_the_registered_one(stack, tmp_path, monkeypatch):
+    """The served version's registered hash no longer matches its files (here: the
+    record altered, as if model.py had been swapped): explain answers 503, naming why."""
+    from services.common import explain
+    from services.common.integrity import ServingGuard
+    from services.common.triton_client import TritonModel
+
+    registry = json.loads((REPO_ROOT / "governance" / "model_registry.json").read_text())
+    served = requests.get(stack.url("TRITON_HTTP_PORT", "/v2/models/car_detector"), timeout=10).json()["versions"]
+    tampered = copy.deepcopy(registry)
+    entry = next(m for m in tampered["models"] if m["name"] == "car_detector" and m["version"] == served[-1])
+    entry["files"]["model.py"] = "0" * 64
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps(tampered))
+    triton = explain.TritonInfer(TritonModel(url=stack.triton_grpc, timeout_s=60))
+    honest = explain.explain_image(frame(), threshold=0.3, grid=(4, 3), infer=triton)
+    assert honest.body["model_version"] == served[-1] and honest.body["detections"]
+    monkeypatch.setattr(explain, "_guard", ServingGuard(registry=path, repository=REPO_ROOT / "model_repository"))
+    with pytest.raises(explain.ExplainError) as refused:
+        explain.explain_image(frame(), threshold=0.3, grid=(4, 3), infer=triton)
+    assert refused.value.status == 503 and "not the registered one" in refused.value.message
+    assert "model.py" in refused.value.message
+
+
+# --------------------------------------------------------------------------- the adapter's min_confidence
+
+def test_adapter_min_confidence_filters_the_models_scores(stack):
+    with grpc.insecure_channel(stack.adapter) as channel:
+        stub = pb_grpc.ModelServingStub(channel)
+
+        def scores(min_confidence: float, image: str = "vid_4_10000.jpg") -> list[float]:
+            answer = stub.Predict(pb.PredictionRequest(request_id=f"minconf-{uuid.uuid4().hex[:8]}", user_id="u",
+                                                       image_data=frame(image), min_confidence=min_confidence), timeout=60)
+            return [d.confidence for d in answer.detections]
+
+        floor, default = scores(0.05), scores(0.0)  # 0 = unset: the served version's operating threshold
+        assert floor and all(s >= 0.05 - 1e-6 for s in floor)
+        assert default and len(default) <= len(floor)
+        assert default == [s for s in floor if s >= min(default)]  # the same boxes above one threshold
+        assert all(s < min(default) for s in floor if s not in default)
+        top = max(floor)
+        above = scores(min(1.0, top + 1e-3))
+        assert top not in above and all(s >= top for s in above)
+        just_below = scores(max(0.05, math.floor(top * 1000) / 1000 - 1e-3))
+        assert top in just_below
+
+
+# --------------------------------------------------------------------------- retention purge
+
+def _purge(env: dict[str, str]) -> dict:
+    run = subprocess.run([sys.executable, "-m", "governance.purge", "--json"], cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=120, env={**env, "PYTHONPATH": str(REPO_ROOT)})
+    assert run.returncode == 0, run.stdout + run.stderr
+    return json.loads(run.stdout)
+
+
+def test_purge_deletes_journal_rows_after_audit_retention_days(stack):
+    engine = sa.create_engine(stack.env["DATABASE_URL"])
+    marker = f"journal-{uuid.uuid4().hex[:12]}"
+    now = datetime.now(timezone.utc)
+    with engine.begin() as connection:
+        for days, suffix in ((400, "old"), (100, "kept"), (0, "new")):
+            connection.execute(sa.text(
+                "INSERT INTO audit_events (at, action, actor_role, actor_id, request_id, record_count) "
+                "VALUES (:at, 'read', 'client', 'journal-test', :rid, 1)"), {"at": now - timedelta(days=days),
+                                                                            "rid": f"{marker}-{suffix}"})
+    result = _purge({**stack.env, "RETENTION_DAYS": "30", "AUDIT_RETENTION_DAYS": "365"})
+    assert result["deleted"]["audit_events"] >= 1 and result["audit_retention_days"] == 365
+    with engine.connect() as connection:
+        left = {row[0] for row in connection.execute(
+            sa.text("SELECT request_id FROM audit_events WHERE request_id LIKE :m"), {"m": marker + "%"})}
+    engine.dispose()
+    assert left == {f"{marker}-kept", f"{marker}-new"}
+
+
+def test_purge_on_sqlite(tmp_path):
+    from services.results_service.store import ResultsStore, make_engine
+
+    db_file = tmp_path / "var" / "results.db"
+    db_file.parent.mkdir()
+    engine = make_engine(f"sqlite:///{db_file}")
+    store = ResultsStore(engine)
+    old, fresh = f"old-{uuid.uuid4().hex}", f"fresh-{uuid.uuid4().hex}"
+    base = {"user_hash": "a" * 64, "client_id": "sqlite-purge", "detections": [], "detection_count": 0,
+            "model_version": "1", "inference_time_ms": 1.0}
+    store.add({**base, "request_id": old, "created_at": datetime.now(timezone.utc) - timedelta(days=45)})
+    store.add({**base, "request_id": fresh})
+    store.add_feedback({"request_id": old, "user_hash": "a" * 64, "client_id": "sqlite-purge", "actor_role": "client",
+                        "correct": False, "reason": f"reason-{old}"})
+    engine.dispose()
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    result = _purge({**env, "VAR_DIR": str(tmp_path / "var"), "RETENTION_DAYS": "30"})
+    assert result["database"] == "sqlite"
+    assert result["deleted"]["predictions"] == 1 and result["deleted"]["feedback"] == 1 and result["remaining_expired"] == 0
+    with sqlite3.connect(db_file) as connection:
+        assert [r[0] for r in connection.execute("SELECT request_id FROM predictions")] == [fresh]
+        assert connection.execute("SELECT count(*) FROM feedback").fetchone()[0] == 0
+        assert connection.execute("SELECT count(*) FROM audit_events WHERE action = 'retention_purge'").fetchone()[0] == 1
+    on_disk = b"".join(p.read_bytes() for p in db_file.parent.glob("results.db*"))
+    assert old.encode() not in on_disk and f"reason-{old}".encode() not in on_disk  # no residue of what was purged
