@@ -10,7 +10,7 @@ DATA_DIR ?= $(abspath ../shared/data/car-object-detection)
 export PYTHONPATH := $(CURDIR)
 export DATA_DIR
 
-.PHONY: setup lint typecheck config-docs proto run up down status test test-unit test-deploy demo train bench logs trace loadtest purge audit registry certs vuln-audit perf log-shipping-bench compose-up compose-down test-compose
+.PHONY: setup lint typecheck config-docs proto run up down status test test-unit test-deploy demo train bench logs trace loadtest purge audit registry certs vuln-audit perf log-shipping-bench openapi migrate rotate-pseudonym-key compose-up compose-down test-compose
 
 setup: $(INSTALLED) $(PROTO_OUT)
 
@@ -115,6 +115,19 @@ loadtest: setup
 # Retention: delete predictions older than RETENTION_DAYS (default 30) and journal it.
 purge: setup
 	$(PY) -m governance.purge
+
+# The gateway's and results service's OpenAPI documents, generated from services/common/schemas.py.
+openapi: setup
+	$(PY) scripts/openapi.py
+
+# Bring the results database (DATABASE_URL, else var/results.db) to the latest Alembic revision
+# (the results service also does it at start).
+migrate: setup
+	$(PY) -m services.results_service.migrations
+
+# Pseudonymisation key: ARGS="rotate" (default) | "status" | "retire <key id>" (governance/RGPD.md).
+rotate-pseudonym-key: setup
+	$(PY) scripts/rotate_pseudonym_key.py $(or $(ARGS),rotate)
 
 # Usage, compliance and performance reports (JSON, Markdown, HTML) under var/reports/.
 audit: setup

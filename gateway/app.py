@@ -12,11 +12,11 @@ from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from functools import wraps
 from typing import Any, Callable
-from urllib.parse import quote
 
 from flask import Response, g, jsonify, request
 from flask_limiter import Limiter
 from google.protobuf.json_format import MessageToDict
+from pydantic import ValidationError
 
 from gateway import console
 from gateway.auth import KeyRing, Principal, load_keys
@@ -25,9 +25,11 @@ from services.common import config, metrics
 from services.common.explain import ExplainError, as_json, explain_image, explanation_slot, parse_grid
 from services.common.images import check_image
 from services.common.logs import detection_fields, feature_fields, request_id_var
-from services.common.pseudonym import hash_user_id
+from services.common import pseudonym
+from services.common.pseudonym import hash_user_id, lookup_hashes
+from services.common.schemas import DetectResult, Detection, ImageSize, SubjectRequest, first_error
 from services.common.validation import check_request_id, check_user_id
-from services.common.web import ApiError, create_app
+from services.common.web import ApiError, create_app, json_body
 
 SERVICE_NAME = "gateway"
 
@@ -173,7 +175,8 @@ def detect() -> tuple[Response, int]:
     upload = _single_field("image", request.files)
     if upload is None:
         raise ApiError(400, "missing file field 'image'")
-    user_id = check_user_id(_single_field("user_id", request.form))
+    # Only the keyed hash of the subject goes past the gateway (adapter, results, logs).
+    user_hash = hash_user_id(check_user_id(_single_field("user_id", request.form)))
     data = upload.read()
     # Headers only (size, format, pixel bomb): the pixels are decoded by the feature service
     # and by the model, each refusing a corrupt file, so decoding here too would be a third time.
@@ -184,23 +187,31 @@ def detect() -> tuple[Response, int]:
     results.ensure_available()  # storage known down: 503 now, not after an inference
     feature_future = fan_out.submit(_in_context, context, _features_of, data, request_id)
     try:
-        prediction = model.predict(image.model_bytes, user_id, request_id)
+        prediction = model.predict(image.model_bytes, user_hash, request_id)
     except ApiError as refused:
         if refused.status < 500:
             _features_or_none(feature_future)  # the feature service's words for a bad image, when it has them
         raise
     image_features = _features_or_none(feature_future)
-    detections = [MessageToDict(d, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-                  for d in prediction.detections]
+    # One answer, built once: what is stored is the same object, less the image size and
+    # with the keyed hash of the subject instead of its id.
+    answer = DetectResult(
+        request_id=request_id,
+        detections=[Detection.model_validate(MessageToDict(d, preserving_proto_field_name=True,
+                                                           always_print_fields_with_no_presence=True))
+                    for d in prediction.detections],
+        model_name=prediction.model_name,
+        model_version=prediction.model_version,
+        inference_time_ms=round(prediction.inference_time_ms, 3),
+        image=ImageSize(width=prediction.image_width, height=prediction.image_height),
+        features=image_features,
+    ).model_dump(mode="json")
     stored = results.call("POST", "/predictions", request_id, json={
-        "request_id": request_id,
-        "user_id": user_id,
-        "client_id": g.principal.client_id,
-        "detections": detections,
-        "features": image_features,
-        "model_name": prediction.model_name,
-        "model_version": prediction.model_version,
+        **{name: answer[name] for name in ("request_id", "detections", "features", "model_name", "model_version")},
         "inference_time_ms": prediction.inference_time_ms,
+        "user_hash": user_hash,
+        "key_id": pseudonym.key_id(),
+        "client_id": g.principal.client_id,
     }, headers=_actor_headers(g.principal))
     if stored.status_code == 409:
         raise ApiError(409, f"request id {request_id} was already used: a prediction with it is stored "
@@ -208,19 +219,12 @@ def detect() -> tuple[Response, int]:
     if stored.status_code != 201:
         # Never acknowledge what was not stored.
         raise unavailable("result storage")
-    log.info("detected %d objects", len(detections), extra={
-        "event.action": "detect", "event.outcome": "success", "user.hash": hash_user_id(user_id),
-        "model.version": prediction.model_version, **detection_fields(detections), **feature_fields(image_features)})
+    log.info("detected %d objects", len(answer["detections"]), extra={
+        "event.action": "detect", "event.outcome": "success", "user.hash": user_hash,
+        "model.version": prediction.model_version, **detection_fields(answer["detections"]),
+        **feature_fields(image_features)})
     metrics.observe_features(image_features)
-    return jsonify({
-        "request_id": request_id,
-        "detections": detections,
-        "model_name": prediction.model_name,
-        "model_version": prediction.model_version,
-        "inference_time_ms": round(prediction.inference_time_ms, 3),
-        "image": {"width": prediction.image_width, "height": prediction.image_height},
-        "features": image_features,
-    }), 201
+    return jsonify(answer), 201
 
 
 def _in_context(request_id: str | None, function: Callable, *args: Any) -> Any:
@@ -238,34 +242,72 @@ def feature_route(path: str) -> Response:
     return _relay(answer)
 
 
+def _scope(principal: Principal) -> dict[str, str]:
+    """A client sees only what it created (the results service enforces it too); dpo and
+    admin may narrow to one client with `?client_id=` (e.g. a request id two clients used)."""
+    asked = request.args.get("client_id")
+    if asked is not None and not (1 <= len(asked) <= 64 and "\x00" not in asked):
+        raise ApiError(400, "client_id must be 1-64 characters")
+    if principal.role == "client":
+        return {"client_id": principal.client_id}
+    return {"client_id": asked} if asked else {}
+
+
 @app.get("/api/results/predictions/<request_id>")
 @require("client", "dpo", "admin")
 def read_prediction(request_id: str) -> Response:
+    """Another client's prediction answers exactly like a missing one (404)."""
     check_request_id(request_id)
-    answer = results.call("GET", f"/predictions/{request_id}", g.request_id, headers=_actor_headers(g.principal))
-    if answer.status_code == 200 and g.principal.role == "client" and answer.json().get("client_id") != g.principal.client_id:
-        raise ApiError(403, "this prediction was created by another client")
+    answer = results.call("GET", f"/predictions/{request_id}", g.request_id, params=_scope(g.principal),
+                          headers=_actor_headers(g.principal))
     return _relay(answer)
+
+
+def _subject(user_id: str, route: str, download: bool = False) -> Response:
+    """Access or erasure of one data subject, sent on as the hashes of the id under every
+    known key (lookup_hashes), so that no id in clear reaches the results service."""
+    lookup = {"user_hashes": lookup_hashes(check_user_id(user_id)), "download": download,
+              **(_scope(g.principal) if route == "access" else {})}  # an erasure is of everything
+    answer = results.call("POST", f"/subjects/{route}", g.request_id, idempotent=True, json=lookup,
+                          headers=_actor_headers(g.principal))
+    return _relay(answer)
+
+
+def _subject_body() -> SubjectRequest:
+    try:
+        return SubjectRequest.model_validate(json_body())
+    except ValidationError as error:
+        raise ApiError(400, first_error(error)) from None
 
 
 @app.get("/api/results/predictions/user/<path:user_id>")
 @require("client", "dpo", "admin")
 def access_user_data(user_id: str) -> Response:
-    check_user_id(user_id)
-    params = dict(request.args)
-    if g.principal.role == "client":
-        params["client_id"] = g.principal.client_id  # a client sees only what it created
-    answer = results.call("GET", f"/predictions/user/{quote(user_id, safe='')}", g.request_id,
-                          params=params, headers=_actor_headers(g.principal))
-    return _relay(answer)
+    """The seed's route; the id is in the URL (and so in proxies' access logs): prefer
+    POST /api/results/subjects/access."""
+    return _subject(user_id, "access", request.args.get("download") in ("1", "true"))
 
 
 @app.delete("/api/results/predictions/user/<path:user_id>")
 @require("dpo", "admin")
 def erase_user_data(user_id: str) -> Response:
-    check_user_id(user_id)
-    answer = results.call("DELETE", f"/predictions/user/{quote(user_id, safe='')}", g.request_id, headers=_actor_headers(g.principal))
-    return _relay(answer)
+    """The seed's route; prefer POST /api/results/subjects/erasure (no id in the URL)."""
+    return _subject(user_id, "erasure")
+
+
+@app.post("/api/results/subjects/access")
+@require("client", "dpo", "admin")
+def access_subject() -> Response:
+    """Access and portability with the id in the body: JSON {user_id, download?}."""
+    body = _subject_body()
+    return _subject(body.user_id, "access", body.download or request.args.get("download") in ("1", "true"))
+
+
+@app.post("/api/results/subjects/erasure")
+@require("dpo", "admin")
+def erase_subject() -> Response:
+    """Erasure with the id in the body: JSON {user_id}."""
+    return _subject(_subject_body().user_id, "erasure")
 
 
 # --- governance: feedback/recourse and explanations (engine: services/common/explain.py) ---
@@ -276,8 +318,7 @@ def contest_prediction(request_id: str) -> tuple[Response, int] | Response:
     """Feedback on / contestation of a prediction: JSON {reason, correct: bool, comment?}.
     A client may contest only the predictions it created; dpo and admin any."""
     check_request_id(request_id)
-    params = {"client_id": g.principal.client_id} if g.principal.role == "client" else {}
-    answer = results.call("POST", f"/predictions/{request_id}/feedback", g.request_id, params=params,
+    answer = results.call("POST", f"/predictions/{request_id}/feedback", g.request_id, params=_scope(g.principal),
                           data=request.get_data(), headers={**_actor_headers(g.principal),
                                                            "Content-Type": request.content_type or ""})
     return _relay(answer)

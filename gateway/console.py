@@ -31,7 +31,7 @@ _PLOT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,80}")
 
 def reports_dir() -> Path:
     """Where `make audit` (python -m governance.audit_report) writes its reports."""
-    return Path(config.env_str("REPORTS_DIR", str(config.var_dir() / "reports")))
+    return Path(config.REPORTS_DIR)
 
 
 def latest_report() -> Path:

@@ -8,7 +8,6 @@ unreachable), the evidence it was judged on, how it was measured (`basis`) and a
 from __future__ import annotations
 
 import json
-import os
 import re
 import stat
 from collections import Counter
@@ -30,10 +29,10 @@ from services.common.integrity import DEFAULT_MODEL_NAME, load_registry, registr
 RAW_ID_KEYS = {"user_id", "user.id", "userid", "user.name", "user.email"}
 # The record of processing (RGPD.md): the columns each table may hold.
 EXPECTED_COLUMNS = {
-    "predictions": {"id", "request_id", "user_hash", "client_id", "detections", "detection_count", "features",
-                    "model_name", "model_version", "inference_time_ms", "created_at"},
-    "feedback": {"id", "request_id", "user_hash", "client_id", "actor_role", "correct", "reason", "comment",
-                 "created_at"},
+    "predictions": {"id", "request_id", "user_hash", "key_id", "client_id", "detections", "detection_count",
+                    "features", "model_name", "model_version", "inference_time_ms", "created_at"},
+    "feedback": {"id", "request_id", "user_hash", "key_id", "client_id", "actor_role", "actor_id", "correct",
+                 "reason", "comment", "created_at"},
     "audit_events": {"id", "at", "action", "actor_role", "actor_id", "user_hash", "request_id", "record_count"},
 }
 # var/ folders where developer tools (make demo, training.explore, services/triton/check.py --draw,
@@ -188,7 +187,8 @@ def retention(ctx: AuditContext) -> dict[str, Any]:
                 "oldest_row_age_days": round((now() - oldest).total_seconds() / 86400, 2) if oldest else None,
                 "last_purge": last_purge.isoformat(timespec="seconds") if last_purge else None}
     finding = (f"{expired} predictions are older than {days} days." if expired else
-               f"No prediction is older than {days} days (oldest: {evidence['oldest_row_age_days']} days).")
+               (f"No prediction is older than {days} days (oldest: {evidence['oldest_row_age_days']} days)."
+                if oldest else "No prediction is stored."))
     return check("retention", f"No prediction older than RETENTION_DAYS ({days})", "fail" if expired else "pass",
                  evidence, "rows counted in the results database; purge runs are journaled", finding)
 
@@ -248,7 +248,7 @@ def at_rest(ctx: AuditContext) -> dict[str, Any]:
     else:
         evidence["postgres_at_rest"] = "not encrypted by the application; depends on the volume/disk encryption"
     key_file = config.var_dir() / "secrets" / "pseudonym_key"
-    if os.environ.get("PSEUDONYM_KEY"):
+    if config.PSEUDONYM_KEY:
         evidence["pseudonym_key"] = "from environment (secret store)"
     elif key_file.exists():
         mode = stat.S_IMODE(key_file.stat().st_mode)

@@ -40,7 +40,7 @@ def action(check: dict[str, Any], report_date: datetime) -> dict[str, str]:
         return {"action": "none", "due": "next audit"}
     remedy = REMEDIES.get(check["id"])
     text = {"fail": f"fix, then re-run make audit{'; ' + remedy if remedy else ''}",
-            "not_measured": "make the source reachable, then re-run make audit" + (f"; {remedy}" if remedy else ""),
+            "not_measured": remedy or "make the source reachable, then re-run make audit",
             "warning": remedy or "review the evidence and record the decision"}[status]
     return {"action": text, "due": (report_date + timedelta(days=DUE_DAYS[status])).date().isoformat()}
 

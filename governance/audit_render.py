@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -20,6 +19,7 @@ import markdown
 
 from governance.audit_markdown import fmt, performance_markdown, usage_markdown
 from governance.audit_plots import Plot
+from services.common.config import settings
 
 COLOUR = {"pass": "#1a7f37", "fail": "#cf222e", "warning": "#9a6700", "not_measured": "#57606a"}
 LABEL = {"pass": "pass", "fail": "fail", "warning": "warning", "not_measured": "not measured"}
@@ -219,7 +219,7 @@ def report_to_html(report: dict[str, Any], plots: dict[str, Plot]) -> str:
 
 
 def chromium_binary() -> str | None:
-    named = os.environ.get("CHROMIUM_BIN", "").strip()
+    named = settings.CHROMIUM_BIN
     return named or shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 

@@ -58,7 +58,7 @@ class AuditReportGenerator:
         self.period_days = period_days
         self.ctx = AuditContext(
             self.store, Path(log_dir) if log_dir else config.var_dir() / "log",
-            (gateway_url or str(config.GATEWAY_URL)).rstrip("/"),
+            (gateway_url or config.GATEWAY_URL).rstrip("/"),
             (results_url or config.RESULTS_SERVICE_URL).rstrip("/"), (feature_url or config.FEATURE_SERVICE_URL).rstrip("/"),
             period_days, canary)
 
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     generator = AuditReportGenerator(log_dir=args.log_dir, period_days=args.period_days, canary=not args.no_canary)
     report = generator.generate()
-    folder = Path(args.out) if args.out else config.var_dir() / "reports"
+    folder = Path(args.out) if args.out else Path(config.REPORTS_DIR)
     stamp = audit_checks.now().strftime("%Y%m%dT%H%M%SZ")
     paths = generator.export_report(report, folder / f"audit_report_{stamp}", pdf=not args.no_pdf)
     comp = report["compliance"]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psycopg2
 import pytest
 import requests
@@ -39,11 +40,23 @@ INTERNET_SKIP = "needs the internet"
 KEYS = {"client": "client-a-key-0123456789", "client_b": "client-b-key-0123456789",
         "dpo": "dpo-key-0123456789", "admin": "admin-key-0123456789"}
 
-PORTS = {
+# The service token of every internal service (feature, results, adapter). The test
+# process is their operator: the stack and every service a test starts inherit it.
+INTERNAL_TOKEN = os.environ.setdefault("INTERNAL_TOKEN", "test-internal-token-" + uuid.uuid4().hex)
+INTERNAL_HEADERS = {"X-Internal-Token": INTERNAL_TOKEN}
+INTERNAL_METADATA = (("x-internal-token", INTERNAL_TOKEN),)
+# The key of Triton's restricted APIs (model control, shared memory): every Triton a test
+# starts (services/triton/run.sh) and every tool that reloads a model read it from here.
+TRITON_ADMIN_KEY = os.environ.setdefault("TRITON_ADMIN_KEY", "test-triton-admin-key-" + uuid.uuid4().hex)
+
+# TEST_PORT_OFFSET shifts every port (and the machine-wide lock) so that a second session
+# stack can run beside the first, e.g. TEST_PORT_OFFSET=10000 for 2xxxx ports.
+PORT_OFFSET = int(os.environ.get("TEST_PORT_OFFSET", "0"))
+PORTS = {name: str(int(port) + PORT_OFFSET) for name, port in {
     "GATEWAY_PORT": "18080", "FEATURE_PORT": "15001", "RESULTS_PORT": "15002",
     "MODEL_SERVING_PORT": "15051", "TRITON_HTTP_PORT": "18000", "TRITON_GRPC_PORT": "18001",
-    "TRITON_METRICS_PORT": "18002", "MODEL_SERVING_METRICS_PORT": "19151",
-}
+    "TRITON_METRICS_PORT": "18002", "MODEL_SERVING_METRICS_PORT": "19151", "PROMETHEUS_PORT": "19090",
+}.items()}
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -116,7 +129,7 @@ def stack_command(env: dict[str, str], command: str) -> subprocess.CompletedProc
 @pytest.fixture(scope="session")
 def stack(postgres: Postgres, redis_server: Redis) -> Iterator[Stack]:
     # One test stack per machine at a time: concurrent sessions would share its ports.
-    lock = open("/tmp/car-detection-test-stack.lock", "w")
+    lock = open(f"/tmp/car-detection-test-stack{'-' + str(PORT_OFFSET) if PORT_OFFSET else ''}.lock", "w")
     fcntl.flock(lock, fcntl.LOCK_EX)
     shutil.rmtree(TEST_VAR, ignore_errors=True)
     env = dict(os.environ, **PORTS)
@@ -141,7 +154,22 @@ def stack(postgres: Postgres, redis_server: Redis) -> Iterator[Stack]:
 
 @pytest.fixture(scope="session")
 def http() -> requests.Session:
-    return requests.Session()
+    """A client that holds the service token, as the gateway does: tests of an internal
+    service's own behaviour get past its token check (tests of the check use requests)."""
+    session = requests.Session()
+    session.headers.update(INTERNAL_HEADERS)
+    return session
+
+
+class _TokenMetadata(grpc.UnaryUnaryClientInterceptor):
+    def intercept_unary_unary(self, continuation: Callable, details: Any, request: Any) -> Any:
+        metadata = [*(details.metadata or ()), *INTERNAL_METADATA]
+        return continuation(details._replace(metadata=metadata), request)
+
+
+def adapter_channel(address: str, **options: Any) -> grpc.Channel:
+    """A channel to the gRPC adapter that presents the service token on every call."""
+    return grpc.intercept_channel(grpc.insecure_channel(address, **options), _TokenMetadata())
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 15.0, interval: float = 0.2) -> Any:

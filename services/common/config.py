@@ -20,7 +20,7 @@ from typing import Any
 
 from services.common.settings import REPO_ROOT, SettingsBase, Var
 
-__all__ = ["REPO_ROOT", "Settings", "Var", "secret", "settings", "var_dir"]
+__all__ = ["REPO_ROOT", "Settings", "Var", "secret", "secret_list", "settings", "var_dir"]
 
 _NET, _MODEL, _LIMITS, _XAI = "Ports and addresses", "Model", "Limits, timeouts, workers", "Explanations (/api/explain)"
 _DATA, _SEC, _OBS, _DEPLOY = "Storage, data and retention", "Secrets and TLS", "Logs and metrics", "Deployment files only"
@@ -64,7 +64,12 @@ class Settings(SettingsBase):
 
     # --- limits, timeouts, workers -----------------------------------------------------------
     MAX_UPLOAD_BYTES = Var(10 * 1024 * 1024, "largest image upload, checked before decoding", _LIMITS)
-    MAX_IMAGE_PIXELS = Var(40_000_000, "largest image in pixels (width x height), checked from the header", _LIMITS)
+    MAX_IMAGE_PIXELS = Var(24_000_000, "largest image in budget pixels, checked from the header: width x height, "
+                           "counted twice for alpha, 16/32-bit, float and CMYK modes (services/common/images.py)", _LIMITS)
+    DECODE_CONCURRENCY = Var(2, "large image decodes (above 4 M budget pixels) at a time per process, so a worker's "
+                             "memory is bounded by a few worst-case images, not by its threads", _LIMITS)
+    READY_CACHE_S = Var(1.0, "/ready answers from a dependency probe at most this old, per process", _LIMITS)
+    GRPC_MAX_CONCURRENT_RPCS = Var(32, "RPCs the adapter holds in flight; one more is refused RESOURCE_EXHAUSTED", _LIMITS)
     INTERNAL_TIMEOUT_S = Var(10.0, "budget of every internal call (gateway -> services, adapter -> Triton)", _LIMITS)
     RETRY_AFTER_S = Var(5, "Retry-After of a 503 when a dependency is down", _LIMITS)
     BREAKER_FAILURES = Var(5, "consecutive failures that open a dependency's circuit breaker", _LIMITS)
@@ -73,7 +78,9 @@ class Settings(SettingsBase):
     GRPC_WORKERS = Var(16, "threads of the adapter's gRPC server", _LIMITS)
     GATEWAY_FANOUT_THREADS = Var(16, "threads a gateway worker uses to call the feature service alongside the model", _LIMITS)
     RATE_LIMIT = Var("50 per second;2000 per minute", "per-key rate limits of the gateway (flask-limiter syntax)", _LIMITS)
-    RATELIMIT_STORAGE_URI = Var("memory://", "where rate-limit counters live (redis://... to share them)", _LIMITS)
+    RATELIMIT_STORAGE_URI = Var("memory://", "where rate-limit counters live (redis://... to share them); the local "
+                                "stack: its own password-protected Redis unless set", _LIMITS)
+    REDIS_PORT = Var(6380, "port of the local stack's own Redis (scripts/stack.py, loopback, requirepass)", _LIMITS)
     GUNICORN_WORKERS = Var(2, "worker processes per HTTP service", _LIMITS)
     GUNICORN_THREADS = Var(8, "threads per worker", _LIMITS)
     GUNICORN_TIMEOUT = Var(60, "seconds before gunicorn restarts a silent worker", _LIMITS)
@@ -89,12 +96,15 @@ class Settings(SettingsBase):
 
     # --- storage, data and retention --------------------------------------------------------
     VAR_DIR = Var("{REPO_ROOT}/var", "runtime files: logs, SQLite file, generated secrets", _DATA)
+    REPORTS_DIR = Var("{VAR_DIR}/reports", "where `make audit` writes its reports (the console shows the newest)", _DATA)
     DATABASE_URL = Var("sqlite:///{VAR_DIR}/results.db", "the results database (postgresql://... in deployments)", _DATA)
     DATA_DIR = Var("{REPO_ROOT}/../shared/data/car-object-detection", "the labelled data set (training, drift baseline)",
                    _DATA)
     DRIFT_BASELINE_PATH = Var("{REPO_ROOT}/governance/baseline_features.json", "the drift baseline's feature statistics",
                               _DATA)
     RETENTION_DAYS = Var(30, "predictions older than this are purged", _DATA)
+    COMPACT_LOCK_TIMEOUT_MS = Var(5000, "longest wait, after an erasure, for older snapshots and for the exclusive lock "
+                                  "of the PostgreSQL table rewrite (VACUUM FULL); then compacted: false", _DATA)
     AUDIT_RETENTION_DAYS = Var(365, "erasure/purge journal entries older than this are purged", _DATA)
     RETENTION_INTERVAL_S = Var(86400, "seconds between two purges of the compose retention job", _DATA, read_by="compose")
 
@@ -105,8 +115,19 @@ class Settings(SettingsBase):
     PSEUDONYM_KEY = Var("", "key of the hash that replaces user ids (database, logs); unset: generated into var/secrets/",
                         _SEC, kind="secret")
     PSEUDONYM_KEY_FILE = Var("", "file holding PSEUDONYM_KEY instead", _SEC)
-    INTERNAL_TOKEN = Var("", "when set, the internal services require it from the gateway (bearer token)", _SEC, kind="secret")
+    PSEUDONYM_PREVIOUS_KEYS = Var("", "after a key rotation: the earlier keys, comma-separated, still used for lookups "
+                                  "and erasure; unset: var/secrets/pseudonym_previous_keys if it exists", _SEC, kind="secret")
+    PSEUDONYM_PREVIOUS_KEYS_FILE = Var("", "file holding PSEUDONYM_PREVIOUS_KEYS instead (one key per line)", _SEC)
+    INTERNAL_TOKEN = Var("", "service-to-service token, required: the feature and results services and the adapter "
+                         "refuse callers without it, and no service starts without it; the local stack generates it "
+                         "into var/secrets/internal_token", _SEC, kind="secret")
     INTERNAL_TOKEN_FILE = Var("", "file holding INTERNAL_TOKEN instead", _SEC)
+    TRITON_ADMIN_KEY = Var("", "key of Triton's restricted APIs (model control, shared memory, trace, logging); the "
+                           "local stack generates it into var/secrets/triton_admin_key", _SEC, kind="secret")
+    TRITON_ADMIN_KEY_FILE = Var("", "file holding TRITON_ADMIN_KEY instead", _SEC)
+    REDIS_PASSWORD = Var("", "password of the rate-limit Redis; the local stack generates it into "
+                         "var/secrets/redis_password", _SEC, kind="secret")
+    REDIS_PASSWORD_FILE = Var("", "file holding REDIS_PASSWORD instead", _SEC)
     METRICS_TOKEN = Var("", "bearer token every /metrics requires; unset: generated into var/secrets/", _SEC, kind="secret")
     METRICS_TOKEN_FILE = Var("", "file holding METRICS_TOKEN instead", _SEC)
     TLS_CA_FILE = Var("", "CA that every client verifies servers against (default: the system's)", _SEC)
@@ -129,10 +150,21 @@ class Settings(SettingsBase):
     LOGSTASH_SEND_TIMEOUT_S = Var(5.0, "socket timeout of one send to Logstash", _OBS)
     LOGSTASH_EXIT_FLUSH_S = Var(2.0, "seconds a stopping process waits for queued lines to ship", _OBS)
     LOGSTASH_FLAP_WINDOW_S = Var(60.0, "a failure this soon after a recovery continues the same outage notice", _OBS)
+    CHROMIUM_BIN = Var("", "Chromium that renders the audit report's PDF (default: chromium on PATH)", _OBS)
     METRICS_DIR = Var("", "prometheus-client multiprocess directory (default: under VAR_DIR when under gunicorn)", _OBS)
 
     # --- deployment files only -------------------------------------------------------------
     IMAGE_TAG = Var("dev", "tag of the locally built images", _DEPLOY, read_by="compose")
+    COMPOSE_PROJECT_NAME = Var("car-detection", "docker compose project name (prefix of containers and volumes)", _DEPLOY,
+                               read_by="compose")
+    TLS_DIR = Var("./var/compose/tls", "host folder of the compose stack's CA and server certificates", _DEPLOY,
+                  read_by="compose")
+    PYTHON_IMAGE = Var("python:3.11.14-slim-bookworm", "base image of the Python services", _DEPLOY, read_by="compose")
+    TRITON_IMAGE = Var("nvcr.io/nvidia/tritonserver:25.08-py3", "base image of Triton", _DEPLOY, read_by="compose")
+    MODEL_BASE_IMAGE = Var("busybox:1.37.0", "base image of the model-repository image", _DEPLOY, read_by="compose")
+    POSTGRES_IMAGE = Var("postgres:17.6-alpine", "PostgreSQL image", _DEPLOY, read_by="compose")
+    REDIS_IMAGE = Var("redis:7.4.10-alpine", "Redis image (rate-limit counters)", _DEPLOY, read_by="compose")
+    PROMETHEUS_IMAGE = Var("prom/prometheus:v3.5.0", "Prometheus image", _DEPLOY, read_by="compose")
     POSTGRES_PORT = Var(5432, "host port of PostgreSQL", _DEPLOY, read_by="compose")
     ELASTICSEARCH_PORT = Var(9200, "host port of Elasticsearch", _DEPLOY, read_by="compose")
     KIBANA_PORT = Var(5601, "host port of Kibana", _DEPLOY, read_by="compose")
@@ -187,3 +219,19 @@ def secret(name: str, generate_bytes: int = 32) -> str:
             return value
         time.sleep(0.02)
     raise SystemExit(f"configuration error: secret file {path} is empty")
+
+
+def secret_list(name: str) -> list[str]:
+    """Optional secrets (e.g. earlier keys still needed for lookups): `$NAME` comma-separated,
+    else the file named by `$NAME_FILE`, else `var/secrets/<name>` if it exists; one per line.
+    Never generated."""
+    if not (Settings.declared(name) and Settings.declared(f"{name}_FILE")):
+        raise RuntimeError(f"secret {name} is not declared in services/common/config.py")
+    value = os.environ.get(name, "").strip()
+    if not value:
+        file_name = os.environ.get(f"{name}_FILE", "").strip()
+        path = Path(file_name) if file_name else var_dir() / "secrets" / name.lower()
+        if file_name and not path.exists():
+            raise SystemExit(f"configuration error: {name}_FILE={file_name} does not exist")
+        value = path.read_text() if path.exists() else ""
+    return [part.strip() for part in value.replace("\n", ",").split(",") if part.strip()]

@@ -114,6 +114,7 @@ class TritonInfer:
         except TritonRejected as exc:
             raise ExplainError(f"the model could not read the image: {exc}", 400) from None
         except TritonUnavailable as exc:
+            _remaining_s()  # a call cut by the explanation's own deadline says so
             raise ExplainError(f"the model server could not run the explanation: {exc}", 503,
                                retry_after_s=exc.retry_after_s) from None
         return [(r.boxes, r.scores, r.labels) for r in result.images], result.model_version
@@ -253,6 +254,7 @@ def _explain(rgb: Image.Image, model_bytes: bytes, threshold: float | None, grid
         count = 1 + len(cells)
         results: list[tuple[np.ndarray, np.ndarray, list[str]]] = []
         for start in range(0, count, batch_size):
+            _remaining_s()  # past the deadline: stop here, whatever the infer function
             chunk, _ = infer([variant(i) for i in range(start, min(count, start + batch_size))])
             results.extend(chunk)
         body["inferences"] = 1 + count

@@ -27,6 +27,11 @@ from collections.abc import Callable
 
 from services.common import config
 
+# The declared defaults (services/common/config.py), for callers that reason about them;
+# a breaker reads the current BREAKER_FAILURES / BREAKER_RESET_S when it is made.
+BREAKER_FAILURES = config.Settings.BREAKER_FAILURES.default
+BREAKER_RESET_S = config.Settings.BREAKER_RESET_S.default
+
 
 
 class CircuitOpen(Exception):

@@ -11,13 +11,16 @@ MAX_USER_ID_LENGTH = 256
 
 
 def check_user_id(value: object, field: str = "user_id") -> str:
-    """A data-subject id: 1-256 printable characters. It is only ever hashed, so
+    """A data-subject id: 1-256 printable characters, no surrounding whitespace. It is only ever hashed, so
     quotes, slashes and scripts are harmless; control characters are refused
     because they are never part of a genuine id and break logs and exports."""
     if not isinstance(value, str) or not value.strip():
         raise ApiError(400, f"{field} is required and must be a non-empty string")
     if len(value) > MAX_USER_ID_LENGTH:
         raise ApiError(400, f"{field} is {len(value)} characters long; the limit is {MAX_USER_ID_LENGTH}")
+    # " alice" and "alice" would hash apart and erase apart: refuse rather than guess.
+    if value != value.strip():
+        raise ApiError(400, f"{field} must not start or end with whitespace")
     if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
         raise ApiError(400, f"{field} must not contain control characters")
     return value

@@ -9,10 +9,12 @@ Triton's readiness by a background probe.
 """
 from __future__ import annotations
 
+import re
 import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent import futures
 
 import grpc
@@ -21,7 +23,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from services.common import config, metrics, tls
 from services.common.images import ImageRejected, check_image
 from services.common.logs import detection_fields, request_id_var, setup_logging
-from services.common.pseudonym import hash_user_id
+from services.common.pseudonym import HASH_PATTERN, hash_user_id
+from services.common.service_token import GRPC_TOKEN_KEY, internal_token, token_matches
 from services.model_serving.triton import ModelRejected, ModelUnavailable, TritonDetector
 from services.common.integrity import ServingGuard
 from services.proto import model_serving_pb2 as pb
@@ -29,7 +32,11 @@ from services.proto import model_serving_pb2_grpc as pb_grpc
 
 SERVICE_NAME = "model-serving"
 FULL_SERVICE_NAME = "modelserving.ModelServing"
+USER_HASH = re.compile(HASH_PATTERN)
 HEALTH_PROBE_INTERVAL_S = config.HEALTH_PROBE_INTERVAL_S
+# The standard health service stays open, like /health: probes (kubelet, stack.py) carry
+# no metadata, and it tells only SERVING or not.
+_OPEN_METHOD_PREFIX = "/grpc.health.v1.Health/"
 
 log = setup_logging(SERVICE_NAME)
 
@@ -37,6 +44,14 @@ log = setup_logging(SERVICE_NAME)
 def _request_id(request: pb.PredictionRequest, context: grpc.ServicerContext) -> str:
     metadata = dict(context.invocation_metadata() or ())
     return request.request_id or metadata.get("x-request-id") or uuid.uuid4().hex
+
+
+def _subject(request: pb.PredictionRequest) -> dict[str, str]:
+    """The log field for the data subject: the gateway sends only the keyed hash; a direct
+    caller may send the id (hashed here); a malformed hash is not logged as one."""
+    if request.HasField("user_hash"):
+        return {"user.hash": request.user_hash} if USER_HASH.fullmatch(request.user_hash) else {}
+    return {"user.hash": hash_user_id(request.user_id)} if request.user_id else {}
 
 
 class ModelServingServicer(pb_grpc.ModelServingServicer):
@@ -65,7 +80,7 @@ class ModelServingServicer(pb_grpc.ModelServingServicer):
             request_id_var.reset(token)
 
     def _predict(self, request: pb.PredictionRequest, request_id: str, context: grpc.ServicerContext) -> pb.PredictionResponse:
-        user = {"user.hash": hash_user_id(request.user_id)} if request.user_id else {}
+        user = _subject(request)
         try:
             # Headers only: Triton decodes the pixels and refuses a corrupt file (ModelRejected below).
             image = check_image(request.image_data, decode=False)
@@ -137,16 +152,51 @@ def _follow_triton(detector: TritonDetector, health_servicer: health.HealthServi
         stop.wait(HEALTH_PROBE_INTERVAL_S)
 
 
-def serve() -> None:
-    detector = TritonDetector(config.TRITON_GRPC_URL, config.TRITON_MODEL_NAME, config.INTERNAL_TIMEOUT_S)
+class TokenInterceptor(grpc.ServerInterceptor):
+    """Every ModelServing call needs the service token in `x-internal-token` metadata;
+    without it the call ends UNAUTHENTICATED before the servicer sees the request."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+        def deny(_request: bytes, context: grpc.ServicerContext) -> None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          f"missing or wrong {GRPC_TOKEN_KEY} metadata (internal service)")
+
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+                          handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        if handler_call_details.method.startswith(_OPEN_METHOD_PREFIX):
+            return continuation(handler_call_details)
+        presented = next((value for key, value in handler_call_details.invocation_metadata or ()
+                          if key == GRPC_TOKEN_KEY), None)
+        if isinstance(presented, str) and token_matches(presented, self._token):
+            return continuation(handler_call_details)
+        return self._deny
+
+
+def build_server(token: str) -> grpc.Server:
+    """The adapter's gRPC server: token check, bounded concurrency and message sizes."""
     message_limit = config.MAX_UPLOAD_BYTES + 64 * 1024
-    server = grpc.server(
+    return grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.GRPC_WORKERS),
+        interceptors=[TokenInterceptor(token)],
+        # Beyond this many RPCs in flight (running or queued for a thread) a call is refused
+        # at once with RESOURCE_EXHAUSTED instead of queueing without bound.
+        maximum_concurrent_rpcs=config.GRPC_MAX_CONCURRENT_RPCS,
         options=[
             ("grpc.max_receive_message_length", message_limit),
             ("grpc.max_send_message_length", message_limit),
+            ("grpc.max_metadata_size", 16 * 1024),
         ],
     )
+
+
+def serve() -> None:
+    token = internal_token()  # no token, no start
+    detector = TritonDetector(config.TRITON_GRPC_URL, config.TRITON_MODEL_NAME, config.INTERNAL_TIMEOUT_S)
+    server = build_server(token)
     servicer = ModelServingServicer(detector)
     pb_grpc.add_ModelServingServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()

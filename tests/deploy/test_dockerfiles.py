@@ -27,6 +27,7 @@ IMPORT_TO_DIST = {
     "psycopg2": "psycopg2-binary", "ecs_logging": "ecs-logging",
     "prometheus_client": "prometheus-client", "tensorflow": "tensorflow-cpu", "yaml": "pyyaml",
     "urllib3": "requests",  # installed with requests, which pins a compatible range
+    "pydantic": "pydantic", "alembic": "alembic",
 }
 # Imports reachable in the code but never executed by one image, with the reason.
 NOT_NEEDED = {

@@ -19,7 +19,7 @@ import psycopg2
 import pytest
 import requests
 
-from services.common.resilience import BREAKER_RESET_S
+from services.common import config
 from tests.conftest import REPO_ROOT, frame, headers
 
 _spec = importlib.util.spec_from_file_location("stack_script", REPO_ROOT / "scripts" / "stack.py")
@@ -69,8 +69,8 @@ def wait_stack_healthy(stack, timeout_s: float = 240.0) -> None:
             if time.monotonic() > deadline:
                 pytest.fail(f"{name} did not become healthy again:\n{STACK.log_tail(env, name)}")
             time.sleep(0.5)
-    time.sleep(float(env.get("BREAKER_RESET_S", BREAKER_RESET_S)))
-    for attempt in range(60):
+    time.sleep(float(env.get("BREAKER_RESET_S", config.BREAKER_RESET_S)))
+    for _attempt in range(60):
         # several in a row: each gunicorn worker has its own breakers
         if all(detect(stack, "reliability-canary", f"canary-{uuid.uuid4().hex}", timeout=30).status_code == 201
                for _ in range(4)):
@@ -161,7 +161,7 @@ class Load:
             with self._lock:
                 self.outcomes.append(outcome)
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for thread in self._threads:
             thread.start()
         return self

@@ -142,13 +142,13 @@ def test_detect_without_features_when_the_feature_service_answers_5xx(broken_gat
 
 @pytest.mark.parametrize("threshold", ["abc", "0.01", "0", "1.5", "-1", "nan", "inf", ""])
 def test_explain_refuses_a_bad_threshold(stack, http, threshold):
-    answer = http.post(f"{stack.gateway}/api/explain?threshold={threshold}", headers=headers("client"),
+    answer = http.post(f"{stack.gateway}/api/explain?threshold={threshold}", headers=headers("dpo"),
                        files={"image": ("f.jpg", frame(), "image/jpeg")})
     assert "threshold" in assert_clean_error(answer, 400)["error"]
 
 
 def test_explain_with_triton_down_is_a_clean_503(broken_gateway):
-    answer = requests.post(f"{broken_gateway}/api/explain", headers=headers("client"),
+    answer = requests.post(f"{broken_gateway}/api/explain", headers=headers("dpo"),
                            files={"image": ("f.jpg", frame(), "image/jpeg")}, timeout=90)
     assert_clean_503(answer)
     assert "model" in answer.json()["error"]
@@ -157,8 +157,9 @@ def test_explain_with_triton_down_is_a_clean_503(broken_gateway):
 def test_explain_refuses_a_model_that_is_not_the_registered_one(stack, tmp_path, monkeypatch):
     """The served version's registered hash no longer matches its files (here: the
     record altered, as if model.py had been swapped): explain answers 503, naming why."""
-    from governance import explain
-    from governance.model_registry import ServingGuard
+    from services.common import explain
+    from services.common.integrity import ServingGuard
+    from services.common.triton_client import TritonModel
 
     registry = json.loads((REPO_ROOT / "governance" / "model_registry.json").read_text())
     served = requests.get(stack.url("TRITON_HTTP_PORT", "/v2/models/car_detector"), timeout=10).json()["versions"]
@@ -167,12 +168,12 @@ def test_explain_refuses_a_model_that_is_not_the_registered_one(stack, tmp_path,
     entry["files"]["model.py"] = "0" * 64
     path = tmp_path / "registry.json"
     path.write_text(json.dumps(tampered))
-    triton = explain.TritonInfer(url=stack.triton_grpc)
-    honest = explain.explain_image(frame(), threshold=0.5, grid=(4, 3), infer=triton)
+    triton = explain.TritonInfer(TritonModel(url=stack.triton_grpc, timeout_s=60))
+    honest = explain.explain_image(frame(), threshold=0.3, grid=(4, 3), infer=triton)
     assert honest.body["model_version"] == served[-1] and honest.body["detections"]
     monkeypatch.setattr(explain, "_guard", ServingGuard(registry=path, repository=REPO_ROOT / "model_repository"))
     with pytest.raises(explain.ExplainError) as refused:
-        explain.explain_image(frame(), threshold=0.5, grid=(4, 3), infer=triton)
+        explain.explain_image(frame(), threshold=0.3, grid=(4, 3), infer=triton)
     assert refused.value.status == 503 and "not the registered one" in refused.value.message
     assert "model.py" in refused.value.message
 
@@ -180,8 +181,6 @@ def test_explain_refuses_a_model_that_is_not_the_registered_one(stack, tmp_path,
 # --------------------------------------------------------------------------- the adapter's min_confidence
 
 def test_adapter_min_confidence_filters_the_models_scores(stack):
-    from services.common import config
-
     with grpc.insecure_channel(stack.adapter) as channel:
         stub = pb_grpc.ModelServingStub(channel)
 
@@ -190,9 +189,11 @@ def test_adapter_min_confidence_filters_the_models_scores(stack):
                                                        image_data=frame(image), min_confidence=min_confidence), timeout=60)
             return [d.confidence for d in answer.detections]
 
-        floor, default = scores(0.05), scores(0.0)  # 0 = unset: the service's CONFIDENCE_THRESHOLD
+        floor, default = scores(0.05), scores(0.0)  # 0 = unset: the served version's operating threshold
         assert floor and all(s >= 0.05 - 1e-6 for s in floor)
-        assert default == [s for s in floor if s >= config.CONFIDENCE_THRESHOLD - 1e-6]
+        assert default and len(default) <= len(floor)
+        assert default == [s for s in floor if s >= min(default)]  # the same boxes above one threshold
+        assert all(s < min(default) for s in floor if s not in default)
         top = max(floor)
         above = scores(min(1.0, top + 1e-3))
         assert top not in above and all(s >= top for s in above)

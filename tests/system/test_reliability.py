@@ -23,7 +23,7 @@ import requests
 from services.common.resilience import CircuitBreaker, CircuitOpen
 from services.proto import model_serving_pb2 as pb
 from services.proto import model_serving_pb2_grpc as pb_grpc
-from tests.conftest import frame, headers
+from tests.conftest import adapter_channel, frame, headers
 from tests.images import png_bomb
 from tests.system.faults import (
     STACK,
@@ -141,7 +141,7 @@ class _FlakyResults(BaseHTTPRequestHandler):
         self.connection.shutdown(socket.SHUT_RDWR)
 
     def do_GET(self) -> None:
-        record = self.stored.get(self.path.rsplit("/", 1)[-1])
+        record = self.stored.get(self.path.split("?", 1)[0].rsplit("/", 1)[-1])
         self._reply(200, record) if record else self._reply(404, {"error": "no"})
 
 
@@ -169,7 +169,7 @@ def test_a_lost_reply_to_a_stored_prediction_is_retried_and_recognised():
 # --------------------------------------------------------------------------- the gRPC adapter's limits
 
 def test_adapter_refuses_oversize_messages_and_bad_images_as_client_errors(stack):
-    with grpc.insecure_channel(stack.adapter, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]) as channel:
+    with adapter_channel(stack.adapter, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]) as channel:
         stub = pb_grpc.ModelServingStub(channel)
         with pytest.raises(grpc.RpcError) as oversize:
             stub.Predict(pb.PredictionRequest(request_id="too-big", image_data=b"\0" * (11 * 1024 * 1024)), timeout=30)
@@ -343,10 +343,14 @@ def test_no_acknowledged_result_is_lost_when_services_restart_under_load(stack):
     lost = set(acknowledged) - stored
     assert load.count(201) > 20, load.summary()
     assert not lost, f"acknowledged but not stored: {sorted(lost)[:10]}"
+    # graceful restarts (SIGTERM): in-flight requests finish, so every stored row got its 201
+    # (hard kills, where a retry settles it, are in test_hard_faults.py)
+    unacknowledged = stored - set(acknowledged)
+    assert not unacknowledged, f"stored without a 201: {sorted(unacknowledged)[:10]}"
     odd = [o for o in load.outcomes if o.status not in (201, 503) and not isinstance(o.status, str)]
     assert not odd, odd[:5]
     assert not [o for o in load.outcomes if isinstance(o.status, str) and o.status.startswith("bad 5xx")]
     record_figures("restart_under_load", {
         **load.summary(), "restart_s": restarts, "acknowledged": len(acknowledged), "acknowledged_lost": len(lost),
-        "stored_without_acknowledgement": len(stored - set(acknowledged)),
+        "stored_without_acknowledgement": len(unacknowledged),
     })

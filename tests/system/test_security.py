@@ -405,10 +405,10 @@ def test_a_client_cannot_touch_another_clients_data(stack, http):
     widened = http.get(f"{base}/predictions/user/{user}?client_id={client_id('client')}", headers=headers("client_b"))
     assert [p["request_id"] for p in widened.json()["predictions"]] == [theirs]
     # nor read, nor contest, nor erase the other's
-    assert_clean_error(http.get(f"{base}/predictions/{mine}", headers=headers("client_b")), 403)
+    assert_clean_error(http.get(f"{base}/predictions/{mine}", headers=headers("client_b")), 404)
     contest = http.post(f"{base}/predictions/{mine}/feedback", json={"correct": False, "reason": "not mine"},
                         headers=headers("client_b"))
-    assert_clean_error(contest, 403)
+    assert_clean_error(contest, 404)
     assert_clean_error(http.delete(f"{base}/predictions/user/{user}", headers=headers("client_b")), 403)
     assert export(stack, http, user, "dpo")["count"] == 2
     own = http.post(f"{base}/predictions/{mine}/feedback", json={"correct": True, "reason": "fine"}, headers=headers("client"))

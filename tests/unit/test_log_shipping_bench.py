@@ -1,0 +1,29 @@
+"""Smoke test of `make log-shipping-bench` (loadtest/log_shipping.py) on the project's own shipper;
+the python-logstash rows run too when that package is importable."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from loadtest import log_shipping
+
+
+@pytest.fixture(autouse=True)
+def few_events(monkeypatch):
+    monkeypatch.setattr(log_shipping, "EVENTS", 300)
+
+
+def test_the_own_shipper_delivers_every_event_when_logstash_is_up():
+    row = log_shipping.run("own", "up")
+    assert row["received"] == 300 and row["stderr_lines"] == 0
+
+
+def test_the_own_shipper_delivers_after_an_outage_and_never_blocks():
+    row = log_shipping.run("own", "outage")
+    assert row["received"] >= 150 and row["caller_worst_ms"] < 500 and row["stderr_lines"] == 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("logstash") is None, reason="python-logstash: only `make log-shipping-bench` installs it")
+def test_python_logstash_rows_run():
+    assert log_shipping.run("python-logstash", "up")["received"] == 300
