@@ -95,10 +95,22 @@ def _write_env(path: Path) -> None:
     path.write_text("\n".join([*(f"{k}={v}" for k, v in wanted.items()), *lines]) + "\n")
 
 
+@pytest.fixture(scope="package")
+def engine() -> None:
+    """A Docker engine answers (started if need be), or the test is skipped saying why."""
+    why = _engine() if shutil.which("bash") else "bash is missing"
+    if why:
+        pytest.skip(f"no Docker engine can be started here: {why}")
+
+
 # Package scope: the containers go away once this folder's tests are done, before
 # the rest of `make test` (the local stack) needs the CPU.
 @pytest.fixture(scope="package")
 def composed() -> Iterator[Composed]:
+    if os.environ.get("COMPOSE_TESTS", "1") == "0":
+        _skip_reason.append("compose system tests skipped: COMPOSE_TESTS=0 (the default of make test until they have "
+                            "passed end to end here; make test-compose or COMPOSE_TESTS=1 runs them)")
+        pytest.skip(_skip_reason[-1])
     why = _engine() if shutil.which("bash") else "bash is missing"
     if why:
         _skip_reason.append(f"compose system tests skipped: no Docker engine can be started here: {why}")
