@@ -119,7 +119,9 @@ def composed() -> Iterator[Composed]:
     _write_env(env_file)
     stack = Composed(env_file, {}, str(WORK / "tls" / "ca.pem"))
     started = time.monotonic()
-    result = stack.compose_up()
+    # COMPOSE_TEST_REUSE=1: test a stack that is already up (COMPOSE_TEST_KEEP=1 left it), no build.
+    reuse = os.environ.get("COMPOSE_TEST_REUSE") == "1"
+    result = subprocess.CompletedProcess([], 0, "", "") if reuse else stack.compose_up()
     if result.returncode != 0:
         pytest.fail(f"compose.py up failed after {time.monotonic() - started:.0f}s:\n"
                     f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
@@ -136,6 +138,9 @@ def composed() -> Iterator[Composed]:
 @pytest.fixture(scope="package")
 def https(composed: Composed) -> requests.Session:
     session = requests.Session()
+    # Not the environment's CA bundle (REQUESTS_CA_BUNDLE would override session.verify)
+    # nor its proxies: the stack's own CA, straight to 127.0.0.1.
+    session.trust_env = False
     session.verify = composed.ca
     return session
 

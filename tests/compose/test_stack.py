@@ -4,6 +4,7 @@ Triton restarted under load, and the retention job."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -70,7 +71,9 @@ def test_every_service_container_logs_ecs_json_with_the_request_id(composed: Com
             except ValueError:
                 pytest.fail(f"{service} logged a line that is not JSON: {line[:300]}")
         assert all("@timestamp" in e and "log.level" in e and "ecs.version" in e for e in events), service
-        assert any(e.get("trace.id") == rid for e in events), f"{service}: no line with trace.id {rid}"
+        # ecs-logging nests dotted fields ({"trace": {"id": ...}}); both spellings are ECS
+        assert any(e.get("trace.id", (e.get("trace") or {}).get("id")) == rid for e in events), \
+            f"{service}: no line with trace.id {rid}"
         assert all("log-subject" not in json.dumps(e) for e in events), f"{service} logged the raw user id"
 
 
@@ -183,5 +186,5 @@ def test_retention_job_runs_and_deletes_what_is_too_old(composed: Composed, http
     while composed.psql(f"select count(*) from predictions where request_id = '{rid}'") != "0":
         assert time.monotonic() < deadline, "the retention job did not delete a 400-day-old prediction"
         time.sleep(3)
-    events = [json.loads(line) for line in composed.logs("retention-purge", since=since)]
-    assert events and all("@timestamp" in e for e in events)
+    # governance.purge reports each pass in one plain line (not ECS JSON: its CLI's own output).
+    assert any(re.search(r"deleted [1-9]\d* predictions", line) for line in composed.logs("retention-purge", since=since))
