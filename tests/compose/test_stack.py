@@ -135,6 +135,7 @@ def test_triton_restart_under_load_loses_no_acknowledged_result(composed: Compos
     Every 201 must be readable afterwards; everything else must be a JSON 503/504."""
     total, answered, restarted = 40, [], threading.Event()
     lock = threading.Lock()
+    restarter: list[threading.Thread] = []
 
     def one(i: int) -> tuple[str, int, dict]:
         rid = f"compose-load-{uuid.uuid4()}"
@@ -147,8 +148,10 @@ def test_triton_restart_under_load_loses_no_acknowledged_result(composed: Compos
             answered.append(result)
             if len(answered) == 8 and not restarted.is_set():
                 restarted.set()
-                threading.Thread(target=subprocess.run, args=(["docker", "restart", "-t", "10", composed.container("triton")],),
-                                 kwargs={"capture_output": True}, daemon=True).start()
+                restarter.append(threading.Thread(
+                    target=subprocess.run, args=(["docker", "restart", "-t", "10", composed.container("triton")],),
+                    kwargs={"capture_output": True}, daemon=True))
+                restarter[0].start()
         return result
 
     with ThreadPoolExecutor(4) as pool:
@@ -165,11 +168,12 @@ def test_triton_restart_under_load_loses_no_acknowledged_result(composed: Compos
         assert stored.status_code == 200, (rid, stored.text)
         assert stored.json()["detections"] == body["detections"]
     # The stack heals by itself: Triton becomes healthy again and detections succeed.
+    restarter[0].join(120)
     deadline = time.monotonic() + 600
     while composed.health("triton") != "healthy" and time.monotonic() < deadline:
         time.sleep(3)
     assert composed.health("triton") == "healthy"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while (status := detect(https, composed, f"compose-after-{uuid.uuid4()}", "after").status_code) != 201:
         assert time.monotonic() < deadline, status
         time.sleep(2)
