@@ -45,6 +45,9 @@ KEYS = {"client": "client-a-key-0123456789", "client_b": "client-b-key-012345678
 INTERNAL_TOKEN = os.environ.setdefault("INTERNAL_TOKEN", "test-internal-token-" + uuid.uuid4().hex)
 INTERNAL_HEADERS = {"X-Internal-Token": INTERNAL_TOKEN}
 INTERNAL_METADATA = (("x-internal-token", INTERNAL_TOKEN),)
+# The key of Triton's restricted APIs (model control, shared memory): every Triton a test
+# starts (services/triton/run.sh) and every tool that reloads a model read it from here.
+TRITON_ADMIN_KEY = os.environ.setdefault("TRITON_ADMIN_KEY", "test-triton-admin-key-" + uuid.uuid4().hex)
 
 # TEST_PORT_OFFSET shifts every port (and the machine-wide lock) so that a second session
 # stack can run beside the first, e.g. TEST_PORT_OFFSET=10000 for 2xxxx ports.

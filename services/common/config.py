@@ -155,6 +155,16 @@ class Settings(SettingsBase):
 
     # --- deployment files only -------------------------------------------------------------
     IMAGE_TAG = Var("dev", "tag of the locally built images", _DEPLOY, read_by="compose")
+    COMPOSE_PROJECT_NAME = Var("car-detection", "docker compose project name (prefix of containers and volumes)", _DEPLOY,
+                               read_by="compose")
+    TLS_DIR = Var("./var/compose/tls", "host folder of the compose stack's CA and server certificates", _DEPLOY,
+                  read_by="compose")
+    PYTHON_IMAGE = Var("python:3.11.14-slim-bookworm", "base image of the Python services", _DEPLOY, read_by="compose")
+    TRITON_IMAGE = Var("nvcr.io/nvidia/tritonserver:25.08-py3", "base image of Triton", _DEPLOY, read_by="compose")
+    MODEL_BASE_IMAGE = Var("busybox:1.37.0", "base image of the model-repository image", _DEPLOY, read_by="compose")
+    POSTGRES_IMAGE = Var("postgres:17.6-alpine", "PostgreSQL image", _DEPLOY, read_by="compose")
+    REDIS_IMAGE = Var("redis:7.4.10-alpine", "Redis image (rate-limit counters)", _DEPLOY, read_by="compose")
+    PROMETHEUS_IMAGE = Var("prom/prometheus:v3.5.0", "Prometheus image", _DEPLOY, read_by="compose")
     POSTGRES_PORT = Var(5432, "host port of PostgreSQL", _DEPLOY, read_by="compose")
     ELASTICSEARCH_PORT = Var(9200, "host port of Elasticsearch", _DEPLOY, read_by="compose")
     KIBANA_PORT = Var(5601, "host port of Kibana", _DEPLOY, read_by="compose")

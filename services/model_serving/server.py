@@ -189,7 +189,6 @@ def build_server(token: str) -> grpc.Server:
             ("grpc.max_receive_message_length", message_limit),
             ("grpc.max_send_message_length", message_limit),
             ("grpc.max_metadata_size", 16 * 1024),
-            ("grpc.max_concurrent_streams", config.GRPC_MAX_CONCURRENT_RPCS),
         ],
     )
 

@@ -146,7 +146,7 @@ def test_the_stack_generates_the_token_like_the_api_keys(tmp_path):
 def test_every_listener_of_the_stack_is_on_loopback(stack):
     ports = {int(stack.env[name]) for name in ("GATEWAY_PORT", "FEATURE_PORT", "RESULTS_PORT", "MODEL_SERVING_PORT",
                                                "TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT",
-                                               "MODEL_SERVING_METRICS_PORT", "REDIS_PORT")}
+                                               "MODEL_SERVING_METRICS_PORT")}
     listening = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.laddr.port in ports]
     assert {c.laddr.port for c in listening} == ports, "every stack port listens"
     exposed = sorted({(c.laddr.ip, c.laddr.port) for c in listening
@@ -155,7 +155,8 @@ def test_every_listener_of_the_stack_is_on_loopback(stack):
 
 
 def triton_admin_key(stack) -> str:
-    return (stack.var_dir / "secrets" / "triton_admin_key").read_text().strip()
+    """As the stack was given it (the test session's), or as it generated it."""
+    return stack.env.get("TRITON_ADMIN_KEY") or (stack.var_dir / "secrets" / "triton_admin_key").read_text().strip()
 
 
 def test_triton_model_control_and_shared_memory_need_the_admin_key(stack):
@@ -260,23 +261,34 @@ def test_ready_probes_its_dependencies_at_most_once_a_second_per_worker(stack):
     assert probes <= workers * (int(elapsed) + 2), (probes, round(elapsed, 2))
 
 
-def test_the_stacks_redis_needs_its_password(stack):
-    """The test stack runs its own Redis (REDIS_PORT) with requirepass from var/secrets;
-    the gateway's rate limits live there."""
-    port = int(stack.env["REDIS_PORT"])
-    with pytest.raises(redis.AuthenticationError):
-        redis.Redis(port=port, socket_timeout=5).ping()
-    with pytest.raises(redis.AuthenticationError):
-        redis.Redis(port=port, password="wrong", socket_timeout=5).ping()
-    password = (stack.var_dir / "secrets" / "redis_password").read_text().strip()
-    assert (stack.var_dir / "secrets" / "redis_password").stat().st_mode & 0o077 == 0
-    authenticated = redis.Redis(port=port, password=password, socket_timeout=5)
-    assert authenticated.ping()
-    requests.get(f"{stack.gateway}/api/results/predictions/user/redis-probe", headers=headers("dpo"), timeout=30)
-    assert any(b"LIMIT" in key or b"limit" in key for key in authenticated.keys("*")), "the limiter counts in it"
-    config = (stack.var_dir / "redis" / "redis.conf")
-    assert config.stat().st_mode & 0o077 == 0
-    # the password never appears on a command line (readable by every local user)
-    redis_processes = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"]
-                       and "redis-server" in p.info["cmdline"][0] and f":{port}" in " ".join(p.info["cmdline"])]
-    assert redis_processes and all(password not in " ".join(p.info["cmdline"]) for p in redis_processes)
+def test_the_local_stacks_redis_needs_its_password(tmp_path):
+    """`make run`/`make up` without RATELIMIT_STORAGE_URI run their own Redis: loopback,
+    requirepass from var/secrets (0600), the password in a 0600 config file and never on a
+    command line. Started here from the very program line the stack hands supervisord."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("RATELIMIT_STORAGE_URI", "REDIS_PASSWORD", "REDIS_PASSWORD_FILE")}
+    env.update(VAR_DIR=str(tmp_path), REDIS_PORT=str(port))
+    (tmp_path / "log").mkdir()
+    said = STACK.prepare_redis(env)
+    include = (tmp_path / "run" / "supervisord.d" / "redis.conf").read_text()
+    command = next(line.split("=", 1)[1] for line in include.splitlines() if line.startswith("command="))
+    password = (tmp_path / "secrets" / "redis_password").read_text().strip()
+    assert f"127.0.0.1:{port}" in said and password not in said and password not in include
+    assert env["RATELIMIT_STORAGE_URI"] == f"redis://:{password}@127.0.0.1:{port}/0"
+    config = tmp_path / "redis" / "redis.conf"
+    assert config.stat().st_mode & 0o077 == 0 and (tmp_path / "secrets" / "redis_password").stat().st_mode & 0o077 == 0
+    process = subprocess.Popen(command.split(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: redis.Redis(port=port, password=password, socket_timeout=1).ping(), 20)
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port, socket_timeout=5).ping()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port, password="wrong", socket_timeout=5).ping()
+        assert redis.Redis.from_url(env["RATELIMIT_STORAGE_URI"], socket_timeout=5).ping()
+        listening = {c.laddr.ip for c in psutil.net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+        assert listening == {"127.0.0.1"}, listening
+        assert password not in " ".join(psutil.Process(process.pid).cmdline())
+    finally:
+        process.terminate()
+        process.wait(10)
