@@ -131,7 +131,7 @@ def performance(ctx: AuditContext, since: datetime, days: int) -> dict[str, Any]
     hist = np.histogram(confidences, bins=edges)[0] if confidences else np.zeros(10)
     baseline = drift_mod.load_baseline()
     features = [p["features"] for p in preds if isinstance(p.get("features"), dict)]
-    data_drift = drift_mod.drift(baseline, features) if baseline else {"error": f"no baseline at {drift_mod.baseline_path()}"}
+    data_drift: dict[str, Any] = drift_mod.drift(baseline, features) if baseline else {"error": f"no baseline at {drift_mod.baseline_path()}"}
     if baseline:
         data_drift["baseline"] = {k: baseline[k] for k in ("computed_at", "images", "dataset_fingerprint", "source")}
     probes = probe_health(ctx.gateway_url, ctx.results_url, ctx.feature_url)

@@ -82,7 +82,7 @@ def _other_version(line: str, version: str | None) -> bool:
 
 def check_text(name: str, text: str, m: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
     """(claims checked, contradictions) of one document."""
-    checked, bad = 0, []
+    checked, bad = 0, list[dict[str, Any]]()
 
     def judge(line_no: int, what: str, quoted: str, ok: bool, expected: Any) -> None:
         nonlocal checked
@@ -159,7 +159,7 @@ def _block_check(text: str, m: dict[str, Any]) -> list[dict[str, Any]]:
 
 def check_documents(root: Path = ROOT) -> dict[str, Any]:
     m = measured()
-    checked, bad = 0, []
+    checked, bad = 0, list[dict[str, Any]]()
     for name in DOCS:
         path = root / name
         if path.exists():

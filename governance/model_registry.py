@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             model_id = registry.register_model(args.path, by=args.by, force=args.force)
             print(f"registered {model_id} in {registry.registry_path}")
             entry = registry.get_model(model_id)
-            print(_summary(entry))
+            if entry is not None:
+                print(_summary(entry))
             config = Path(args.path).resolve().parent / "config.pbtxt"
             if config.is_file() and "# governance: version_policy" in config.read_text():
                 print(f"note: {config} pins versions (a version was deprecated); run "

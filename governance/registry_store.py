@@ -113,8 +113,8 @@ class ModelRegistry:
                         "(export a new version, or --force to supersede the record)")
                 entry["status"] = "superseded"
                 entry["superseded_at"] = _now()
-        dataset = metadata.get("dataset") if isinstance(metadata.get("dataset"), dict) else {}
-        training = metadata.get("training") if isinstance(metadata.get("training"), dict) else {}
+        dataset: dict[str, Any] = metadata["dataset"] if isinstance(metadata.get("dataset"), dict) else {}
+        training: dict[str, Any] = metadata["training"] if isinstance(metadata.get("training"), dict) else {}
         entry = {
             "model_id": f"{name}-v{version}-{digest['sha256'][:12]}",
             "name": name,
@@ -197,7 +197,7 @@ class ModelRegistry:
     def deprecated_versions(self, name: str) -> set[str]:
         return {e["version"] for e in self.list_models(name, status="deprecated")}
 
-    def _servable(self, model_dir: Path, name: str, extra_deprecated: set[str] = frozenset()) -> list[int]:
+    def _servable(self, model_dir: Path, name: str, extra_deprecated: frozenset[str] | set[str] = frozenset()) -> list[int]:
         blocked = self.deprecated_versions(name) | set(extra_deprecated)
         return [v for v in version_dirs(model_dir) if str(v) not in blocked]
 

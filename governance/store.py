@@ -120,7 +120,7 @@ class GovernanceStore:
                 .where(tab.c.user_hash == user_hash).order_by(tab.c.at, tab.c.id))]
 
     def columns(self, name: str) -> list[dict[str, Any]]:
-        return sa.inspect(self.engine).get_columns(name)
+        return [dict(c) for c in sa.inspect(self.engine).get_columns(name)]
 
     def postgres_ssl(self) -> bool | str:
         try:
