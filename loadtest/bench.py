@@ -1,7 +1,8 @@
 """The side-by-side benchmark (`make bench`): the same frames, five ways of getting
 detections, at several concurrencies, interleaved.
 
-1. the SavedModel called in process (the model's own speed on this machine);
+1. the SavedModel called in process (the model's own speed on this machine); 1b. the same
+   version run by OpenVINO in process with Triton's decode (loadtest/bench_model.py);
 2. Triton direct over gRPC (dynamic batching on);
 3. the gRPC adapter (seed proto) in front of Triton;
 4. the gateway end to end (auth, rate limit, image check, features, detection, storage);
@@ -51,6 +52,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Triton's (services/triton/run.sh), so the rows differ by architecture, not by TF settings.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
+from loadtest.bench_model import TritonCpu, in_process_openvino, plot  # noqa: E402,F401 - a path by name
 from scripts.stack import stack_env  # noqa: E402
 
 ENV = stack_env()
@@ -61,10 +63,12 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 NAIVE_PORT = int(os.environ.get("BENCH_NAIVE_PORT", "29999"))
 STRICT = os.environ.get("BENCH_STRICT", "0").lower() in ("1", "true", "yes")
 OUT_DIR = Path(ENV["VAR_DIR"]) / "bench"
-PATHS = ["in_process", "triton_direct", "adapter", "gateway", "naive_baseline", "flask_savedmodel"]
+PATHS = ["in_process", "in_process_openvino", "triton_direct", "adapter", "gateway", "naive_baseline", "flask_savedmodel"]
 BASELINES = {"naive_baseline": ("seed", NAIVE_PORT), "flask_savedmodel": ("savedmodel", NAIVE_PORT + 1)}
 SELECTED = [p for p in os.environ.get("BENCH_PATHS", ",".join(PATHS)).split(",") if p in PATHS]
-LABELS = {"in_process": "1. SavedModel in process", "triton_direct": "2. Triton direct (gRPC)",
+LABELS = {"in_process": "1. SavedModel in process (TensorFlow)",
+          "in_process_openvino": "1b. OpenVINO in process (same decode as Triton)",
+          "triton_direct": "2. Triton direct (gRPC)",
           "adapter": "3. gRPC adapter", "gateway": "4. Gateway end to end",
           "naive_baseline": "5. Naive baseline (Flask, PIL, Keras predict)",
           "flask_savedmodel": "6. Reference: Flask + SavedModel, one process"}
@@ -79,7 +83,12 @@ TARGETS = [
     # The model's own tail at c4: no serving path can be faster, so it tells whether the p95
     # target is within this CPU's reach at all.
     ("(information) SavedModel in process p95 latency @c4 (ms)", "in_process", "p95_ms", 4, "info", None),
-    ("whole stack resident memory, peak (MB)", None, "stack_rss_mb", None, "<=", 3072.0),
+    # Issue 12 (model v3 served by OpenVINO inside Triton):
+    ("Triton direct / SavedModel in process (TF, 4 threads), throughput @c4", "triton_direct", "in_process", 4,
+     ">=", 2.0),
+    ("Triton direct / OpenVINO in process, throughput @c4", "triton_direct", "in_process_openvino", 4, ">=", 0.75),
+    ("Triton CPU ms per image @c4", "triton_direct", "triton_cpu_ms_per_image", 4, "<=", 10.0),
+    ("whole stack resident memory, peak (MB)", None, "stack_rss_mb", None, "<=", 1536.0),
 ]
 
 
@@ -163,12 +172,14 @@ def summarise(runs: list[dict], concurrency: int) -> dict:
     errors = [e for run in runs for e in run["errors"]]
     q = np.percentile(flat, [50, 95, 99]) if flat else [float("nan")] * 3
     per_round = [round(len(run["latencies"]) / run["wall_s"], 2) for run in runs]
+    cpu = [run["triton_cpu_s"] for run in runs if "triton_cpu_s" in run]
     return {"concurrency": concurrency, "requests": len(flat), "errors": len(errors),
             "first_error": errors[0] if errors else None,
             "images_per_s": round(len(flat) / wall, 2) if wall else 0.0,
             "images_per_s_per_round": per_round,
             "p50_ms": round(float(q[0]), 1), "p95_ms": round(float(q[1]), 1), "p99_ms": round(float(q[2]), 1),
-            "mean_ms": round(statistics.fmean(flat), 1) if flat else None}
+            "mean_ms": round(statistics.fmean(flat), 1) if flat else None,
+            "triton_cpu_ms_per_image": round(1000 * sum(cpu) / len(flat), 2) if cpu and flat else None}
 
 
 # ---------------------------------------------------------------------------- the five paths
@@ -425,7 +436,12 @@ def main() -> int:
             for round_ in range(ROUNDS):
                 order = SELECTED if round_ % 2 == 0 else SELECTED[::-1]
                 for name in order:
+                    meter = TritonCpu(stack_processes()) if name == "triton_direct" else None
+                    if meter:
+                        meter.start()
                     run = measure(factories[name], images, concurrency, SECONDS)
+                    if meter:
+                        run["triton_cpu_s"] = meter.stop()
                     runs[name][concurrency].append(run)
                     log(f"  c={concurrency:<3} round {round_ + 1}  {name:15} "
                         f"{len(run['latencies']) / run['wall_s']:7.2f} images/s  errors {len(run['errors'])}")
@@ -466,6 +482,7 @@ def main() -> int:
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     (OUT_DIR / "latest.json").write_text(json.dumps(report, indent=2))
     (OUT_DIR / "latest.md").write_text(table + "\n")
+    plot(report, LABELS, OUT_DIR / "latest.png")
     log(f"\nsaved {OUT_DIR / 'latest.json'} and latest.md; whole benchmark {report['conditions']['elapsed_s']:.0f} s")
     failed = any(v["verdict"].startswith("FAIL") for v in report["verdicts"])
     return 1 if STRICT and failed else 0

@@ -2,7 +2,9 @@
 exported SavedModel (the graph Triton runs), for TensorFlow's oneDNN kernels off and on
 and 1 or 2 intra-op threads, at batch 1 and 4.
 
-    python loadtest/model_cpu.py [--calls 12]
+    python loadtest/model_cpu.py [--calls 12] [--openvino]
+
+``--openvino`` compares TensorFlow with the version's OpenVINO IR (FP32, INT8), decode included.
 
 Each variant runs in its own process (TensorFlow fixes both settings at start-up), one
 after the other; run it on a quiet machine. Tells whether TF_ENABLE_ONEDNN_OPTS=1 (set by
@@ -18,7 +20,6 @@ import resource
 import subprocess
 import sys
 import time
-
 
 
 def measure(intra: int, calls: int) -> list[dict]:
@@ -47,13 +48,62 @@ def measure(intra: int, calls: int) -> list[dict]:
     return rows
 
 
+def measure_openvino(precision: str, threads: int, calls: int) -> list[dict]:
+    """The version's OpenVINO IR through detector_runtime.py (Pillow decode, IR, numpy NMS)."""
+    from loadtest.bench import frames
+    from loadtest.bench_model import latest_version_dir
+    from training.triton_model import load_runtime
+
+    vdir = latest_version_dir()
+    det = load_runtime(str(vdir)).OpenVinoDetector(vdir, precision, threads=threads, streams=1)
+    files = frames(8)
+    rows = []
+    for batch in (1, 4):
+        images = [files[i % len(files)] for i in range(batch)]
+        for _ in range(3):
+            det.detect(images)
+        before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        for _ in range(calls):
+            det.detect(images)
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        rows.append({"batch": batch, "wall_ms_per_image": round(1000 * wall / calls / batch, 1),
+                     "cpu_ms_per_image": round(1000 * cpu / calls / batch, 1)})
+    return rows
+
+
+def openvino_table(calls: int) -> None:
+    """`--openvino`: TensorFlow (oneDNN on) against OpenVINO FP32 and INT8, 1 and 2 threads."""
+    print("| runtime | threads | batch | wall ms / image | CPU ms / image |")
+    print("|---|---:|---:|---:|---:|")
+    for runtime in ("tensorflow", "fp32", "int8"):
+        for threads in (1, 2):
+            env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+            cmd = [sys.executable, __file__, "--calls", str(calls), "--child", str(threads)]
+            if runtime != "tensorflow":
+                cmd += ["--precision", runtime]
+            run = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+            for row in json.loads(run.stdout.strip().splitlines()[-1]):
+                name = "TensorFlow SavedModel" if runtime == "tensorflow" else f"OpenVINO {runtime.upper()}"
+                print(f"| {name} | {threads} | {row['batch']} | {row['wall_ms_per_image']} | {row['cpu_ms_per_image']} |",
+                      flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=12, help="timed calls per batch size")
     parser.add_argument("--child", nargs=1, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--openvino", action="store_true", help="compare with the version's OpenVINO IR")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child[0], args.calls)))
+        rows = measure_openvino(args.precision, args.child[0], args.calls) if args.precision else \
+            measure(args.child[0], args.calls)
+        print(json.dumps(rows))
+        return 0
+    if args.openvino:
+        openvino_table(args.calls)
         return 0
     print("| oneDNN | intra-op threads | batch | wall ms / image | CPU ms / image |")
     print("|---|---:|---:|---:|---:|")

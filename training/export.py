@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Callable
 
 import tensorflow as tf
 
@@ -25,6 +26,7 @@ from training.model import decode
 log = logging.getLogger(__name__)
 
 TRITON_TEMPLATE = Path(__file__).resolve().parent / "triton_model.py"
+RUNTIME_TEMPLATE = Path(__file__).resolve().parent / "serving_runtime.py"
 SCORE_FLOOR = 0.05
 MAX_DETECTIONS = 100
 
@@ -37,6 +39,19 @@ class Detector(tf.Module):
         self.model = model
         self.input_hw = tuple(int(v) for v in input_hw)
         self.class_names = tf.constant(class_names, dtype=tf.string)
+        # Score calibration (training.calibration), identity until the exporter sets it:
+        # variables, so a serve function traced during training picks the values up.
+        self.temperature = tf.Variable(1.0, trainable=False, name="calibration_temperature")
+        self.shift = tf.Variable(0.0, trainable=False, name="calibration_shift")
+        self.score_floor = tf.Variable(SCORE_FLOOR, trainable=False, name="raw_score_floor")
+
+    def set_calibration(self, calibration: dict | None) -> None:
+        from training.serving_runtime import raw_floor
+
+        params = (calibration or {}).get("params") or {"temperature": 1.0, "shift": 0.0}
+        self.temperature.assign(float(params["temperature"]))
+        self.shift.assign(float(params["shift"]))
+        self.score_floor.assign(raw_floor(calibration, SCORE_FLOOR))
 
     def _decode_one(self, data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         # uint8 output scales 16-bit PNGs down and is the only dtype WebP supports;
@@ -61,14 +76,18 @@ class Detector(tf.Module):
         heat, ltrb = self.model(resized, training=False)
         wh = tf.stack([hw[:, 1], hw[:, 0]], axis=1)
         scale = wh / tf.constant([self.input_hw[1], self.input_hw[0]], tf.float32)
-        out = decode(heat, ltrb, scale, wh, max_detections=MAX_DETECTIONS, score_floor=SCORE_FLOOR)
+        out = decode(heat, ltrb, scale, wh, max_detections=MAX_DETECTIONS, score_floor=self.score_floor)
+        # Monotonic, so the order and the detections kept are those of the raw scores.
+        p = tf.clip_by_value(out["scores"], 1e-6, 1 - 1e-6)
+        z = tf.math.log(p) - tf.math.log1p(-p)
+        calibrated = tf.sigmoid((z - self.shift) / self.temperature)
         labels = tf.gather(self.class_names, out["classes"])
         # Padding rows (beyond num_detections) get an empty label.
         valid = tf.range(MAX_DETECTIONS)[None, :] < out["num_detections"][:, None]
         labels = tf.where(valid, labels, tf.constant(b""))
         return {
             "boxes": out["boxes"],
-            "scores": out["scores"],
+            "scores": tf.where(valid, calibrated, 0.0),
             "labels": labels,
             "num_detections": out["num_detections"],
         }
@@ -105,8 +124,13 @@ def write_version(
     repository: Path,
     metadata: dict,
     version: int | None = None,
+    add_files: Callable[[Path, dict], None] | None = None,
 ) -> Path:
-    """Write ``<repository>/car_detector/<N>/`` with model.py, model.savedmodel and metadata."""
+    """Write ``<repository>/car_detector/<N>/``: model.py, detector_runtime.py, model.savedmodel,
+    whatever ``add_files(tmp_dir, metadata)`` adds (the OpenVINO IR), model_metadata.json and,
+    last, manifest.json with the SHA-256 of every other file."""
+    from training.serving_runtime import write_manifest
+
     model_dir = Path(repository) / MODEL_NAME
     model_dir.mkdir(parents=True, exist_ok=True)
     version = version or next_version(model_dir)
@@ -118,7 +142,10 @@ def write_version(
     tmp.mkdir()
     save_savedmodel(detector, tmp / "model.savedmodel")
     shutil.copy2(TRITON_TEMPLATE, tmp / "model.py")
+    shutil.copy2(RUNTIME_TEMPLATE, tmp / "detector_runtime.py")
     meta = dict(metadata)
+    if add_files is not None:
+        add_files(tmp, meta)
     meta.update(
         {
             "model_name": MODEL_NAME,
@@ -128,6 +155,7 @@ def write_version(
         }
     )
     (tmp / "model_metadata.json").write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")
+    write_manifest(tmp)
     if vdir.exists():
         shutil.rmtree(vdir)
     tmp.rename(vdir)

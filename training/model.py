@@ -77,18 +77,24 @@ def _conv_bn_relu(x: tf.Tensor, filters: int, name: str, kernel: int = 1) -> tf.
 
 
 def build_model(
-    input_hw: tuple[int, int], num_classes: int, backbone_weights: str | None = None
+    input_hw: tuple[int, int], num_classes: int, backbone_weights: str | None = None, any_size: bool = False
 ) -> tf.keras.Model:
-    """Keras model: float image 0..255 [B, H, W, 3] -> (heatmap logits, ltrb pixels)."""
+    """Keras model: float image 0..255 [B, H, W, 3] -> (heatmap logits, ltrb pixels).
+
+    ``any_size``: accept any spatial size (multiples of 32) for patch training; the exported
+    model is fixed to ``input_hw`` (a SavedModel cannot serialise bilinear upsampling of an
+    unknown size), with the same layers and weights.
+    """
     h, w = input_hw
     if h % 32 or w % 32:
         raise ValueError(f"input size {w}x{h} must be a multiple of 32")
     layers = tf.keras.layers
-    inputs = tf.keras.Input((h, w, 3), name="image")
+    shape = (None, None, 3) if any_size else (h, w, 3)
+    inputs = tf.keras.Input(shape, name="image")
     # MobileNetV2 expects [-1, 1]; doing it in the graph keeps the serving path trivial.
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_unit_range")(inputs)
     backbone = tf.keras.applications.MobileNetV2(
-        input_shape=(h, w, 3), alpha=1.0, include_top=False, weights=backbone_weights
+        input_shape=shape, alpha=1.0, include_top=False, weights=backbone_weights
     )
     if backbone_weights is not None:
         # Pretrained backbone: keep its BatchNorm frozen (inference mode, ImageNet statistics),

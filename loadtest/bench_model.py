@@ -1,0 +1,114 @@
+"""The model's rows of `make bench`: OpenVINO in process, Triton's own CPU per image, the plot.
+
+- ``in_process_openvino``: the served version run by OpenVINO in this process with the same
+  decode as Triton's model.py (detector_runtime.py of the version: Pillow decode, uint8 batch,
+  resize in the IR, numpy NMS), one infer request per client thread on one compiled model
+  with as many streams as cores: what this machine can do with no server at all.
+- ``TritonCpu``: CPU seconds (user + system) of the tritonserver process and its python-backend
+  stubs, read around a measurement, divided by the images sent: Triton's CPU per image.
+- ``plot``: images/s and p95 latency per path and concurrency (PNG beside latest.json).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TRITON_NAMES = ("tritonserver", "triton_python_backend_stub")
+
+
+def latest_version_dir() -> Path:
+    versions = sorted((p for p in (REPO_ROOT / "model_repository/car_detector").iterdir() if p.name.isdigit()),
+                      key=lambda p: int(p.name))
+    return versions[-1]
+
+
+def in_process_openvino() -> Callable[[], Callable[[bytes], None]]:
+    import sys
+
+    version_dir = latest_version_dir()
+    sys.path.insert(0, str(version_dir))
+    from training.triton_model import load_runtime
+
+    rt = load_runtime(str(version_dir))
+    cores = os.cpu_count() or 1
+    shared = rt.OpenVinoDetector(version_dir, "auto", threads=cores, streams=cores)
+    lock = threading.Lock()
+
+    def make() -> Callable[[bytes], None]:
+        with lock:  # each client thread its own infer request on the one compiled model
+            det = shared.with_new_request()
+
+        def call(image: bytes) -> None:
+            result = det.detect([image])[0]
+            if isinstance(result, Exception):
+                raise result
+        return call
+    return make
+
+
+def triton_processes(candidates: list[psutil.Process]) -> list[psutil.Process]:
+    """The Triton server and its python-backend stubs among the stack's processes (not another stack's)."""
+    found = []
+    for p in candidates:
+        try:
+            text = " ".join([p.name()] + p.cmdline()[:1])
+        except psutil.Error:
+            continue
+        if any(n in text for n in TRITON_NAMES):
+            found.append(p)
+    return found
+
+
+class TritonCpu:
+    """CPU seconds used by the Triton processes between ``start()`` and ``stop()``."""
+
+    def __init__(self, candidates: list[psutil.Process]) -> None:
+        self.procs = triton_processes(candidates)
+        self.before: dict[int, float] = {}
+
+    @staticmethod
+    def _cpu(p: psutil.Process) -> float:
+        try:
+            t = p.cpu_times()
+            return t.user + t.system
+        except psutil.Error:
+            return 0.0
+
+    def start(self) -> None:
+        self.before = {p.pid: self._cpu(p) for p in self.procs}
+
+    def stop(self) -> float:
+        return sum(max(0.0, self._cpu(p) - self.before.get(p.pid, 0.0)) for p in self.procs)
+
+
+def plot(report: dict, labels: dict[str, str], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, rows in report["results"].items():
+        cs = [r["concurrency"] for r in rows]
+        a.plot(cs, [r["images_per_s"] for r in rows], "o-", label=labels.get(name, name))
+        b.plot(cs, [r["p95_ms"] for r in rows], "o-", label=labels.get(name, name))
+    for ax, title, unit in ((a, "throughput", "images/s"), (b, "p95 latency", "ms")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    a.legend(fontsize=7)
+    c = report.get("conditions", {})
+    fig.suptitle(f"make bench, model v{c.get('model_version', '?')}, {c.get('cpu', '')}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True

@@ -1,0 +1,55 @@
+"""Blocked cross-validation: the blocks, and one tiny end-to-end run of the command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.unit.training_fixtures import make_kaggle
+from training.crossval import make_blocks
+from training.data import DataError, load_dataset
+
+
+def test_blocks_are_contiguous_cover_everything_and_keep_a_gap(tmp_path: Path) -> None:
+    frames = list(range(20, 20 + 20 * 23, 20))
+    ds = load_dataset(make_kaggle(tmp_path / "d", frames, {20: [(5, 5, 30, 20)]}))
+    samples = sorted(ds.samples, key=lambda s: s.sort_key)
+    folds = make_blocks(samples, 5, gap=2)
+    held = [h for _, h in folds]
+    assert sorted(i for h in held for i in h) == list(range(len(samples)))  # every frame held out once
+    for train, h in folds:
+        assert h == list(range(h[0], h[-1] + 1))  # contiguous
+        assert not set(train) & set(range(h[0] - 2, h[-1] + 3))  # 2 guard frames each side
+        assert len(train) >= len(samples) - len(h) - 4
+    with pytest.raises(DataError):
+        make_blocks(samples[:6], 5, 2)
+
+
+def test_crossval_command_on_a_tiny_configuration(tmp_path: Path) -> None:
+    pytest.importorskip("tensorflow")
+    from training.crossval import main
+
+    frames = list(range(20, 20 + 20 * 15, 20))
+    boxes = {f: [(5 + i % 20, 5, 35 + i % 20, 25)] for i, f in enumerate(frames) if i % 2 == 0}
+    data = make_kaggle(tmp_path / "data", frames, boxes)
+    out = tmp_path / "cv"
+    rc = main([str(data), "--k", "3", "--input-size", "64x64", "--patch-size", "64x64", "--batch-size", "2",
+               "--steps-per-epoch", "1", "--max-epochs", "1", "--backbone-weights", "none", "--out", str(out)])
+    assert rc == 0
+    summary = json.loads((out / "crossval.json").read_text())
+    cv, cal = summary["crossval"], summary["calibration"]
+    assert cv["k"] == 3 and cv["gap_frames"] == 2 and cv["input_size"] == [64, 64]
+    assert [b["block"] for b in cv["blocks"]] == [0, 1, 2]
+    assert sum(b["images"] for b in cv["blocks"]) == len(frames)
+    assert sum(b["boxes"] for b in cv["blocks"]) == len(boxes)
+    for key in ("ap50", "ap50_95", "precision", "recall"):
+        assert key in cv["pooled"] and all(key in b for b in cv["blocks"])
+    assert set(cv["spread"]) >= {"ap50_std", "ap50_95_std"} and "ap50" in cv["worst_block"]
+    assert cal["method"] == "temperature" and "ece_before" in cal and "ece_after" in cal
+    assert len(cal["reliability"]["bin_edges"]) == len(cal["reliability"]["counts"]) + 1
+    assert "operating_threshold" in summary and "operating_precision" in summary
+    assert (out / "crossval.md").read_text().startswith("# Cross-validation (3 contiguous blocks")
+    assert (out / "ap_per_block.png").stat().st_size > 1000 and (out / "reliability.png").stat().st_size > 1000
+    assert len(summary["out_of_fold"]) == 3

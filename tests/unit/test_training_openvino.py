@@ -1,0 +1,133 @@
+"""The served version's OpenVINO IR: same boxes as its TensorFlow SavedModel on real frames, and a
+corrupt, swapped or unlisted IR refused at load with a message naming the file."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training import REPO_ROOT
+from training.metrics import iou_matrix
+
+pytest.importorskip("openvino")
+DATA_DIR = Path(os.environ.get("DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "car-object-detection"))
+MODEL_DIR = REPO_ROOT / "model_repository" / "car_detector"
+
+
+def _version_with_ir() -> Path:
+    versions = sorted((p for p in MODEL_DIR.iterdir() if p.name.isdigit() and (p / "openvino").is_dir()),
+                      key=lambda p: int(p.name))
+    if not versions:
+        pytest.skip("no version with an OpenVINO IR in model_repository")
+    return versions[-1]
+
+
+def _runtime(version_dir: Path):  # type: ignore[no-untyped-def]
+    from training.triton_model import load_runtime
+
+    return load_runtime(str(version_dir))
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[bytes]:
+    paths = sorted((DATA_DIR / "training_images").glob("*.jpg"))
+    if not paths:
+        pytest.skip(f"no frames under {DATA_DIR}")
+    meta = json.loads((_version_with_ir() / "model_metadata.json").read_text())
+    # Frames with cars, spread over the video (the labelled ones have rows in the CSV).
+    import csv
+
+    csv_path = next(DATA_DIR.glob("train_solution_bounding_boxes*.csv"))
+    with open(csv_path) as f:
+        names = sorted({row[next(k for k in row if k in ("image", "image_id"))] for row in csv.DictReader(f)})
+    assert meta["class_names"] == ["car"]
+    return [(DATA_DIR / "training_images" / n).read_bytes() for n in names[:: max(1, len(names) // 12)][:12]]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "served"])
+def test_openvino_matches_tensorflow_on_real_frames(frames: list[bytes], precision: str) -> None:
+    vdir = _version_with_ir()
+    rt = _runtime(vdir)
+    ov = rt.OpenVinoDetector(vdir, "auto" if precision == "served" else "fp32", threads=2)
+    tf_det = rt.TensorFlowDetector(vdir, intra=2)
+    matched = 0
+    for a, b in zip(tf_det.detect(frames), ov.detect(frames)):
+        keep_a, keep_b = a["scores"] >= 0.3, b["scores"] >= 0.3
+        if not keep_a.any():
+            continue
+        ious = iou_matrix(a["boxes"][keep_a], b["boxes"]) if len(b["boxes"]) else np.zeros((keep_a.sum(), 0))
+        assert ious.shape[1] > 0, "OpenVINO found nothing where TensorFlow found a car"
+        best = ious.argmax(axis=1)
+        tol_iou, tol_score = (0.95, 0.02) if precision == "fp32" or ov.precision == "fp32" else (0.85, 0.08)
+        assert np.all(ious.max(axis=1) > tol_iou), ious.max(axis=1)
+        assert np.all(np.abs(a["scores"][keep_a] - b["scores"][best]) < tol_score)
+        assert keep_b.sum() >= keep_a.sum() - 1  # at most one borderline box differs
+        matched += int(keep_a.sum())
+    assert matched >= 8, "too few cars detected to compare"
+
+
+def test_openvino_reports_undecodable_images_per_file() -> None:
+    vdir = _version_with_ir()
+    rt = _runtime(vdir)
+    out = rt.OpenVinoDetector(vdir, "fp32").detect([b"not an image", b""])
+    assert all(isinstance(r, rt.DecodeError) for r in out)
+
+
+@pytest.fixture()
+def copy_of_version(tmp_path: Path) -> Path:
+    dst = tmp_path / "car_detector" / "9"
+    shutil.copytree(_version_with_ir(), dst, ignore=shutil.ignore_patterns("__pycache__"))
+    return dst
+
+
+def test_corrupt_ir_is_refused(copy_of_version: Path) -> None:
+    rt = _runtime(copy_of_version)
+    binary = copy_of_version / "openvino" / "model_fp32.bin"
+    data = bytearray(binary.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the weights
+    binary.write_bytes(bytes(data))
+    with pytest.raises(rt.IntegrityError, match=r"openvino/model_fp32\.bin is corrupt"):
+        rt.OpenVinoDetector(copy_of_version, "fp32")
+
+
+def test_mismatched_ir_is_refused(copy_of_version: Path) -> None:
+    rt = _runtime(copy_of_version)
+    ir = copy_of_version / "openvino"
+    # Another precision's IR under this name: valid OpenVINO, wrong file for this version.
+    shutil.copy(ir / "model_int8.xml", ir / "model_fp32.xml")
+    shutil.copy(ir / "model_int8.bin", ir / "model_fp32.bin")
+    with pytest.raises(rt.IntegrityError, match="does not belong to this version"):
+        rt.OpenVinoDetector(copy_of_version, "fp32")
+
+
+def test_unlisted_ir_is_refused(copy_of_version: Path) -> None:
+    rt = _runtime(copy_of_version)
+    shutil.copy(copy_of_version / "openvino" / "model_fp32.xml", copy_of_version / "openvino" / "extra.xml")
+    with pytest.raises(rt.IntegrityError, match="extra.xml is not in manifest.json"):
+        rt.OpenVinoDetector(copy_of_version, "fp32")
+
+
+def test_triton_model_refuses_to_load_a_corrupt_version(copy_of_version: Path) -> None:
+    """model.py's initialize raises (Triton then marks the version unavailable with this message)."""
+    import importlib.util
+    import sys
+    import types
+
+    (copy_of_version / "openvino" / "model_int8.xml").write_text("<net/>")
+    (copy_of_version / "openvino" / "model_fp32.xml").write_text("<net/>")
+    fake = types.SimpleNamespace(Logger=types.SimpleNamespace(log_info=lambda msg: None))
+    sys.modules["triton_python_backend_utils"] = fake  # type: ignore[assignment]
+    try:
+        spec = importlib.util.spec_from_file_location("car_detector_model_corrupt", copy_of_version / "model.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        with pytest.raises(RuntimeError, match="corrupt or does not belong"):
+            module.TritonPythonModel().initialize({"model_config": json.dumps({"parameters": {}}),
+                                                   "model_repository": str(copy_of_version.parent), "model_version": "9"})
+    finally:
+        del sys.modules["triton_python_backend_utils"]

@@ -1,0 +1,175 @@
+"""OpenVINO IR of the network (FP32, and INT8 by NNCF post-training quantisation) and the INT8 gate.
+
+The IR takes the decoded uint8 RGB batch at the frame's own size [B, H, W, 3] and does in its
+graph what the SavedModel does after decoding: the same bilinear resize to the input size, the
+network, the sigmoid, the 3x3 max-pool peak picking and the distances-to-box conversion.
+Outputs, named in the IR: ``heat`` [B, h*w, C] (peak scores, 0 elsewhere) and ``boxes``
+[B, h*w, 4] (x1, y1, x2, y2 in input pixels). Top-k, NMS and calibration stay in numpy (serving_runtime), where
+they cost little on at most 300 candidates and match the SavedModel's decode.
+
+INT8 ships only if, on the cross-validation blocks, it stays within ``INT8_TOLERANCE`` AP50
+and AP50-95 of FP32 (pooled, and the mean of the per-block drops); otherwise FP32 serves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("training.openvino_export")
+
+INT8_TOLERANCE = 0.01
+CALIBRATION_FRAMES = 64
+
+
+def network_function(detector):  # type: ignore[no-untyped-def]
+    import tensorflow as tf
+
+    from training.model import cell_centres
+
+    model, (h, w) = detector.model, detector.input_hw
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="image")])
+    def net(image):  # type: ignore[no-untyped-def]
+        x = tf.image.resize(tf.cast(image, tf.float32), (h, w), method="bilinear", antialias=False)
+        logits, ltrb = model(x, training=False)
+        heat = tf.sigmoid(logits)
+        heat = heat * tf.cast(tf.equal(heat, tf.nn.max_pool2d(heat, 3, 1, "SAME")), heat.dtype)
+        c = cell_centres(h // 8, w // 8)[None]
+        boxes = tf.concat([c - ltrb[..., :2], c + ltrb[..., 2:]], axis=-1)
+        b = tf.shape(heat)[0]
+        # A tuple, not a dict: the converted model keeps tuple order (dict outputs come out sorted).
+        return tf.reshape(heat, [b, -1, heat.shape[-1]]), tf.reshape(boxes, [b, -1, 4])
+
+    return net
+
+
+def calibration_arrays(paths: list[Path], n: int = CALIBRATION_FRAMES) -> list[np.ndarray]:
+    """Evenly spaced training frames, decoded as the server decodes them, batch of 1."""
+    from training.serving_runtime import decode_image
+
+    pick = np.linspace(0, len(paths) - 1, min(n, len(paths))).round().astype(int)
+    return [decode_image(Path(paths[i]).read_bytes())[None] for i in sorted(set(pick))]
+
+
+def export_ir(detector, out_dir: Path, calibration_paths: list[Path], int8: bool = True) -> dict:  # type: ignore[no-untyped-def]
+    """Write model_fp32.xml/.bin and (if ``int8``) model_int8.xml/.bin under ``out_dir``."""
+    import openvino as ov
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ov_model = ov.convert_model(network_function(detector))
+    for i, name in enumerate(("heat", "boxes")):
+        ov_model.outputs[i].get_tensor().set_names({name})
+    ov.save_model(ov_model, str(out_dir / "model_fp32.xml"), compress_to_fp16=False)
+    written = {"fp32": "model_fp32.xml"}
+    if int8:
+        import nncf
+
+        data = calibration_arrays(calibration_paths)
+        q = nncf.quantize(ov_model, nncf.Dataset(data), preset=nncf.QuantizationPreset.MIXED,
+                          subset_size=len(data), fast_bias_correction=True)
+        ov.save_model(q, str(out_dir / "model_int8.xml"), compress_to_fp16=False)
+        written["int8"] = "model_int8.xml"
+    log.info("OpenVINO IR written to %s: %s", out_dir, written)
+    return written
+
+
+def int8_gate(fp32: dict, int8: dict, tolerance: float = INT8_TOLERANCE) -> dict:
+    """Pass iff INT8 loses at most ``tolerance`` AP50 and AP50-95 against FP32 (pooled and mean per block).
+
+    ``fp32`` / ``int8``: {"pooled": {"ap50", "ap50_95"}, "blocks": [{"ap50", "ap50_95"}, ...]}.
+    """
+    drops = {}
+    for key in ("ap50", "ap50_95"):
+        drops[f"pooled_{key}_drop"] = float(fp32["pooled"][key] - int8["pooled"][key])
+        per_block = [float(a[key] - b[key]) for a, b in zip(fp32.get("blocks", []), int8.get("blocks", []))]
+        drops[f"mean_block_{key}_drop"] = float(np.mean(per_block)) if per_block else drops[f"pooled_{key}_drop"]
+        drops[f"worst_block_{key}_drop"] = float(np.max(per_block)) if per_block else drops[f"pooled_{key}_drop"]
+    passed = all(drops[f"{s}_{k}_drop"] <= tolerance for s in ("pooled", "mean_block") for k in ("ap50", "ap50_95"))
+    return {"passed": bool(passed), "tolerance": tolerance, "drops": drops, "fp32": fp32, "int8": int8}
+
+
+def score_on_blocks(detector, samples: list, blocks: list[list[int]], class_names: list[str]) -> dict:  # type: ignore[no-untyped-def]
+    """AP50 / AP50-95 per cross-validation block and pooled, for any serving_runtime detector."""
+    from training.fit import to_results
+    from training.metrics import evaluate
+
+    preds = []
+    for i in range(0, len(samples), 8):
+        for r in detector.detect([s.path.read_bytes() for s in samples[i : i + 8]]):
+            if isinstance(r, Exception):
+                raise r
+            preds.append(r)
+    results = to_results(samples, preds, class_names)
+    pooled = evaluate(results, class_names, 0.5)
+    out = {"pooled": {"ap50": pooled["ap50"], "ap50_95": pooled["ap50_95"]}, "blocks": []}
+    for b, idx in enumerate(blocks):
+        m = evaluate([results[i] for i in idx], class_names, 0.5)
+        out["blocks"].append({"block": b, "ap50": m["ap50"], "ap50_95": m["ap50_95"]})
+    return out
+
+
+def add_openvino(detector, version_dir: Path, meta: dict, ordered: list, train_samples: list,  # type: ignore[no-untyped-def]
+                 class_names: list[str], crossval: dict | None) -> None:
+    """Exporter step: write the IRs into the (temporary) version dir, run the INT8 gate, record it."""
+    import json
+
+    import nncf
+    import openvino as ov
+
+    from training.crossval import make_blocks
+    from training.serving_runtime import OpenVinoDetector
+
+    t0 = time.time()
+    written = export_ir(detector, Path(version_dir) / "openvino", [s.path for s in train_samples])
+    cv = (crossval or {}).get("crossval", {})
+    k, gap = int(cv.get("k", 5)), int(cv.get("gap_frames", 2))
+    blocks = [held for _, held in make_blocks(ordered, k, gap)] if len(ordered) >= 2 * k else [list(range(len(ordered)))]
+    # The runtime reads class names, input size and calibration from the metadata file.
+    (Path(version_dir) / "model_metadata.json").write_text(json.dumps(meta, default=str))
+    scores = {}
+    for precision in ("fp32", "int8"):
+        det = OpenVinoDetector(version_dir, precision, threads=os.cpu_count() or 1, verify=False)
+        scores[precision] = score_on_blocks(det, ordered, blocks, class_names)
+        log.info("OpenVINO %s on the cross-validation blocks: %s", precision, scores[precision]["pooled"])
+    gate = int8_gate(scores["fp32"], scores["int8"])
+    gate["evaluated_on"] = (f"the {len(blocks)} cross-validation blocks ({len(ordered)} frames); the shipped model "
+                            "trained on them, so this measures what quantisation loses, not generalisation")
+    meta["runtime"] = {
+        "serving": "openvino-int8" if gate["passed"] else "openvino-fp32",
+        "artifact_of_record": "model.savedmodel",
+        "fallback": "tensorflow (SavedModel) when the openvino package is absent; TensorFlow on GPU by configuration",
+        "openvino": ov.__version__.split("-")[0],
+        "nncf": nncf.__version__,
+        "ir": {p: f"openvino/{f}" for p, f in written.items()},
+        "int8_calibration_frames": min(CALIBRATION_FRAMES, len(train_samples)),
+        "int8_gate": gate,
+        "export_seconds": round(time.time() - t0, 1),
+    }
+    print(f"INT8 gate {'passed' if gate['passed'] else 'FAILED'}: {gate['drops']}; serving {meta['runtime']['serving']}",
+          flush=True)
+    keep_reports(Path(version_dir), meta)
+
+
+def keep_reports(version_dir: Path, meta: dict) -> None:
+    """Copy the cross-validation report and plots into the version (hashed and registered with it)
+    and point the metadata at the copies, relative to the repository root."""
+    import shutil
+
+    from training import REPO_ROOT
+
+    final = version_dir.name.replace(".tmp-", "")  # write_version renames .tmp-<N> to <N>
+    refs = [(meta.get("crossval", {}), "report"), (meta.get("crossval", {}), "plot"), (meta.get("calibration", {}), "plot")]
+    for record, key in refs:
+        src = REPO_ROOT / str(record.get(key, ""))
+        if not record.get(key) or not src.is_file():
+            continue
+        (version_dir / "reports").mkdir(exist_ok=True)
+        shutil.copy2(src, version_dir / "reports" / src.name)
+        dst = version_dir.parent / final / "reports" / src.name
+        record[key] = os.path.relpath(dst, REPO_ROOT) if str(dst).startswith(str(REPO_ROOT)) else str(dst)
