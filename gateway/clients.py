@@ -25,7 +25,8 @@ from urllib3.exceptions import NewConnectionError
 
 from services.common import config, tls
 from services.common.resilience import CircuitBreaker, CircuitOpen
-from services.common.web import INTERNAL_TOKEN_HEADER, ApiError, internal_token
+from services.common.service_token import GRPC_TOKEN_KEY, INTERNAL_TOKEN_HEADER, internal_token
+from services.common.web import ApiError
 from services.proto import model_serving_pb2 as pb
 from services.proto import model_serving_pb2_grpc as pb_grpc
 
@@ -55,8 +56,7 @@ class HttpService:
         # silently replace TLS_CA_FILE); verification is never switched off.
         self.session.trust_env = False
         self.verify = tls.requests_verify()
-        token = internal_token()  # optional service-to-service token
-        self.auth_headers = {INTERNAL_TOKEN_HEADER: token} if token else {}
+        self.auth_headers = {INTERNAL_TOKEN_HEADER: internal_token()}  # required: no token, no start
         # No urllib3-level retries: the one retry below is decided here, knowingly.
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
         self.session.mount("http://", adapter)
@@ -140,6 +140,7 @@ class ModelServingClient:
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._stub: pb_grpc.ModelServingStub | None = None
+        self._token = ((GRPC_TOKEN_KEY, internal_token()),)
 
     def stub(self) -> pb_grpc.ModelServingStub:
         with self._lock:
@@ -168,7 +169,7 @@ class ModelServingClient:
             answer = self.stub().Predict(
                 pb.PredictionRequest(request_id=request_id, image_data=image, user_hash=user_hash),
                 timeout=config.INTERNAL_TIMEOUT_S,
-                metadata=(("x-request-id", request_id),),
+                metadata=(("x-request-id", request_id), *self._token),
             )
         except grpc.RpcError as error:
             code = error.code()
@@ -178,6 +179,9 @@ class ModelServingClient:
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message" in (error.details() or "").lower():
                 self.breaker.success()
                 raise ApiError(413, "the image is too large for the model service") from None
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # the adapter's concurrency bound: busy, not down
+                self.breaker.release()
+                raise unavailable("the model (busy)", "1") from None
             self.breaker.failure()
             raise unavailable("the model") from None
         except BaseException:
@@ -188,6 +192,6 @@ class ModelServingClient:
 
     def health(self) -> str:
         try:
-            return self.stub().HealthCheck(pb.HealthCheckRequest(), timeout=2.0).status
+            return self.stub().HealthCheck(pb.HealthCheckRequest(), timeout=2.0, metadata=self._token).status
         except grpc.RpcError as error:
             raise RuntimeError(f"model serving unreachable ({error.code().name})") from None

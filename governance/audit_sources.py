@@ -20,7 +20,7 @@ from governance.store import GovernanceStore
 from governance.triton_control import triton_http_url, triton_ready_versions, version_dirs
 from services.common import config
 from services.common.integrity import DEFAULT_MODEL_NAME, repository_path
-from services.common.web import INTERNAL_TOKEN_HEADER, internal_token
+from services.common.service_token import caller_headers
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 TIMEOUT = 5.0
@@ -105,10 +105,8 @@ def run_canary(store: GovernanceStore, results_url: str) -> dict[str, Any]:
     raw_id = f"audit-canary-{uuid.uuid4().hex}"
     request_id = f"audit-canary-{uuid.uuid4().hex}"
     marker = f"canary{uuid.uuid4().hex[:24]}"
-    headers = {"X-Actor-Role": "service", "X-Actor-Id": "governance-audit"}
-    token = internal_token()
-    if token:  # internal services refuse callers without the service token
-        headers[INTERNAL_TOKEN_HEADER] = token
+    # internal services refuse callers without the service token
+    headers = {"X-Actor-Role": "service", "X-Actor-Id": "governance-audit", **caller_headers()}
     steps: dict[str, Any] = {"raw_id": raw_id, "request_id": request_id}
     base = results_url
     try:

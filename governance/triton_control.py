@@ -22,6 +22,7 @@ import requests
 
 from services.common.config import settings
 from services.common.integrity import DEFAULT_MODEL_NAME, version_key
+from services.common.service_token import triton_admin_headers
 
 
 def triton_http_url() -> str:
@@ -73,7 +74,7 @@ def request_triton_reload(name: str = DEFAULT_MODEL_NAME, timeout: float = 60.0)
     """Ask Triton to reload the model (explicit model control). Returns what happened."""
     url = f"{triton_http_url()}/v2/repository/models/{name}/load"
     try:
-        answer = requests.post(url, timeout=timeout)
+        answer = requests.post(url, headers=triton_admin_headers(), timeout=timeout)  # model control is restricted
     except requests.RequestException:
         return f"Triton not reachable at {triton_http_url()}: the new policy applies when it next loads the model"
     if answer.status_code == 200:
@@ -90,7 +91,8 @@ def request_triton_reload(name: str = DEFAULT_MODEL_NAME, timeout: float = 60.0)
 def triton_ready_versions(name: str = DEFAULT_MODEL_NAME, timeout: float = 3.0) -> list[str] | None:
     """Versions Triton reports READY, or None if Triton is unreachable."""
     try:
-        answer = requests.post(f"{triton_http_url()}/v2/repository/index", json={}, timeout=timeout)
+        answer = requests.post(f"{triton_http_url()}/v2/repository/index", json={}, headers=triton_admin_headers(),
+                               timeout=timeout)
         answer.raise_for_status()
     except requests.RequestException:
         return None

@@ -212,9 +212,12 @@ def adapter() -> Callable[[], Callable[[bytes], None]]:
     from services.proto import model_serving_pb2_grpc as pb_grpc
 
     stub = pb_grpc.ModelServingStub(grpc.insecure_channel(f"127.0.0.1:{ENV['MODEL_SERVING_PORT']}"))
+    # The adapter's service token: as the stack was given it, or as it generated it.
+    token = ENV.get("INTERNAL_TOKEN") or (Path(ENV["VAR_DIR"]) / "secrets" / "internal_token").read_text().strip()
 
     def call(image: bytes) -> None:
-        stub.Predict(pb.PredictionRequest(image_data=image, user_id="bench-user"), timeout=30)
+        stub.Predict(pb.PredictionRequest(image_data=image, user_id="bench-user"), timeout=30,
+                     metadata=(("x-internal-token", token),))
     return lambda: call
 
 

@@ -12,6 +12,8 @@ where things are.
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,12 +28,14 @@ CONF = REPO_ROOT / "scripts" / "supervisord.conf"
 START_TIMEOUT_S = float(os.environ.get("STACK_START_TIMEOUT_S", "240"))
 
 # scripts/supervisord.conf interpolates these, so they must be in the environment: the
-# declared defaults (services/common/config.py) unless set.
+# declared defaults (services/common/config.py) unless set. REDIS_PORT: the stack's own
+# password-protected Redis (rate limits shared by the gateway's workers), unless
+# RATELIMIT_STORAGE_URI names another one.
 DEFAULTS = {name: str(getattr(Settings, name).default) for name in (
     "BIND_HOST", "GATEWAY_PORT", "FEATURE_PORT", "RESULTS_PORT", "MODEL_SERVING_PORT",
-    "TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT")}
-# Rate limits must hold across gunicorn workers: they share Redis.
-DEFAULTS["RATELIMIT_STORAGE_URI"] = "redis://127.0.0.1:6379/0"
+    "TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT", "REDIS_PORT")}
+# Without a redis-server binary: the machine's Redis, as before (no password).
+FALLBACK_REDIS_URI = "redis://127.0.0.1:6379/0"
 
 
 def stack_env() -> dict[str, str]:
@@ -74,9 +78,22 @@ def _grpc_serving(address: str) -> Callable[[], bool]:
     return probe
 
 
+def _redis_ok(uri: str) -> Callable[[], bool]:
+    def probe() -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis.from_url(uri, socket_timeout=2).ping())
+        except redis.RedisError:
+            return False
+    return probe
+
+
 def health_checks(env: dict[str, str]) -> dict[str, Callable[[], bool]]:
     """In start order: each one's dependencies come before it."""
+    own_redis = {"redis": _redis_ok(env["RATELIMIT_STORAGE_URI"])} if env.get("STACK_REDIS") == "1" else {}
     return {
+        **own_redis,
         "triton": _http_ok(f"http://127.0.0.1:{env['TRITON_HTTP_PORT']}/v2/models/car_detector/ready"),
         "model-serving": _grpc_serving(f"127.0.0.1:{env['MODEL_SERVING_PORT']}"),
         "feature-service": _http_ok(f"http://127.0.0.1:{env['FEATURE_PORT']}/health"),
@@ -120,9 +137,64 @@ def _has_died(env: dict[str, str], name: str) -> bool:
     return any(state in status for state in ("FATAL", "EXITED", "BACKOFF"))
 
 
+def _secret_file(env: dict[str, str], name: str) -> None:
+    """`NAME_FILE` for the services: a secret generated under var/secrets on first start
+    (mode 0600, kept afterwards), unless the environment already gives `NAME` or `NAME_FILE`."""
+    if env.get(name) or env.get(f"{name}_FILE"):
+        return
+    path = var_dir(env) / "secrets" / name.lower()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    env[f"{name}_FILE"] = str(path)
+
+
+def prepare_redis(env: dict[str, str]) -> str:
+    """Run the stack's own Redis (loopback, `requirepass` from var/secrets) unless
+    RATELIMIT_STORAGE_URI names one; its password is kept in a 0600 config file,
+    never on a command line."""
+    include = var_dir(env) / "run" / "supervisord.d" / "redis.conf"
+    include.parent.mkdir(parents=True, exist_ok=True)
+    if env.get("RATELIMIT_STORAGE_URI"):
+        include.unlink(missing_ok=True)
+        return f"redis: {env['RATELIMIT_STORAGE_URI'].split('@')[-1]} (RATELIMIT_STORAGE_URI)"
+    binary = shutil.which("redis-server", path=env.get("PATH"))
+    if not binary:
+        include.unlink(missing_ok=True)
+        env["RATELIMIT_STORAGE_URI"] = FALLBACK_REDIS_URI
+        return f"redis: no redis-server installed; rate limits use {FALLBACK_REDIS_URI} (no password)"
+    _secret_file(env, "REDIS_PASSWORD")
+    password = Path(env["REDIS_PASSWORD_FILE"]).read_text().strip() if env.get("REDIS_PASSWORD_FILE") \
+        else env["REDIS_PASSWORD"]
+    home = var_dir(env) / "redis"
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    conf = home / "redis.conf"
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"bind 127.0.0.1\nport {env['REDIS_PORT']}\nprotected-mode yes\nrequirepass {password}\n"
+                     f"save \"\"\nappendonly no\ndir {home}\nmaxmemory 96mb\nmaxmemory-policy volatile-ttl\n")
+    include.write_text("\n".join([
+        "[program:redis]", f"command={binary} {conf}", f"directory={home}", "priority=5",
+        "stopasgroup=true", "killasgroup=true", "redirect_stderr=true",
+        f"stdout_logfile={var_dir(env) / 'log' / 'redis.log'}", "stdout_logfile_maxbytes=10MB", ""]))
+    env["STACK_REDIS"] = "1"
+    env["RATELIMIT_STORAGE_URI"] = f"redis://:{password}@127.0.0.1:{env['REDIS_PORT']}/0"
+    return f"redis: 127.0.0.1:{env['REDIS_PORT']} (password in {env.get('REDIS_PASSWORD_FILE', 'REDIS_PASSWORD')})"
+
+
 def prepare(env: dict[str, str]) -> None:
     for sub in ("log", "run", "secrets"):
         (var_dir(env) / sub).mkdir(parents=True, exist_ok=True)
+    # Service-to-service token (every internal service refuses callers without it) and the
+    # key of Triton's restricted model-control/shared-memory APIs, generated like the API keys.
+    _secret_file(env, "INTERNAL_TOKEN")
+    _secret_file(env, "TRITON_ADMIN_KEY")
+    print(prepare_redis(env), flush=True)
     if not env.get("API_KEYS") and not env.get("API_KEYS_FILE"):
         os.environ["VAR_DIR"] = env["VAR_DIR"]
         from gateway.auth import default_keys_file, ensure_keys_file

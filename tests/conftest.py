@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psycopg2
 import pytest
 import requests
@@ -38,6 +39,15 @@ INTERNET_SKIP = "needs the internet"
 
 KEYS = {"client": "client-a-key-0123456789", "client_b": "client-b-key-0123456789",
         "dpo": "dpo-key-0123456789", "admin": "admin-key-0123456789"}
+
+# The service token of every internal service (feature, results, adapter). The test
+# process is their operator: the stack and every service a test starts inherit it.
+INTERNAL_TOKEN = os.environ.setdefault("INTERNAL_TOKEN", "test-internal-token-" + uuid.uuid4().hex)
+INTERNAL_HEADERS = {"X-Internal-Token": INTERNAL_TOKEN}
+INTERNAL_METADATA = (("x-internal-token", INTERNAL_TOKEN),)
+# The key of Triton's restricted APIs (model control, shared memory): every Triton a test
+# starts (services/triton/run.sh) and every tool that reloads a model read it from here.
+TRITON_ADMIN_KEY = os.environ.setdefault("TRITON_ADMIN_KEY", "test-triton-admin-key-" + uuid.uuid4().hex)
 
 # TEST_PORT_OFFSET shifts every port (and the machine-wide lock) so that a second session
 # stack can run beside the first, e.g. TEST_PORT_OFFSET=10000 for 2xxxx ports.
@@ -144,7 +154,22 @@ def stack(postgres: Postgres, redis_server: Redis) -> Iterator[Stack]:
 
 @pytest.fixture(scope="session")
 def http() -> requests.Session:
-    return requests.Session()
+    """A client that holds the service token, as the gateway does: tests of an internal
+    service's own behaviour get past its token check (tests of the check use requests)."""
+    session = requests.Session()
+    session.headers.update(INTERNAL_HEADERS)
+    return session
+
+
+class _TokenMetadata(grpc.UnaryUnaryClientInterceptor):
+    def intercept_unary_unary(self, continuation: Callable, details: Any, request: Any) -> Any:
+        metadata = [*(details.metadata or ()), *INTERNAL_METADATA]
+        return continuation(details._replace(metadata=metadata), request)
+
+
+def adapter_channel(address: str, **options: Any) -> grpc.Channel:
+    """A channel to the gRPC adapter that presents the service token on every call."""
+    return grpc.intercept_channel(grpc.insecure_channel(address, **options), _TokenMetadata())
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 15.0, interval: float = 0.2) -> Any:

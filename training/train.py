@@ -383,7 +383,10 @@ def reload_triton(address: str) -> None:
     try:
         import tritonclient.grpc as grpcclient
 
-        grpcclient.InferenceServerClient(address).load_model(MODEL_NAME)
+        from services.common.service_token import triton_admin_headers
+
+        # Model control is a restricted Triton API (services/triton/run.sh).
+        grpcclient.InferenceServerClient(address).load_model(MODEL_NAME, headers=triton_admin_headers(grpc=True))
         print(f"Triton at {address} reloaded {MODEL_NAME}", flush=True)
     except Exception as e:  # noqa: BLE001 - the export itself succeeded; just say so
         print(f"warning: could not reload {MODEL_NAME} on Triton at {address}: {e}", file=sys.stderr)

@@ -41,6 +41,7 @@ class ApiFailure extends Error {
 async function call(method, path, body) {
   const headers = {};
   if (apiKey()) headers["X-API-Key"] = apiKey();
+  if (typeof body === "string") headers["Content-Type"] = "application/json";
   let response;
   try {
     response = await fetch(path, { method, headers, body, credentials: "omit", cache: "no-store" });
@@ -154,14 +155,15 @@ async function detect(file) {
 
 // ------------------------------------------------------------------ data subject rights
 
-function subjectPath() {
+// The subject's id travels in a JSON body (POST /api/results/subjects/...), never in a URL.
+function subjectBody(extra) {
   const id = $("subject-id").value.trim();
   if (!id) throw new ApiFailure("console", { error: "enter the user id of the data subject first" });
-  return `/api/results/predictions/user/${encodeURIComponent(id)}`;
+  return JSON.stringify({ user_id: id, ...extra });
 }
 
 async function lookUp() {
-  const response = await call("GET", subjectPath());
+  const response = await call("POST", "/api/results/subjects/access", subjectBody({}));
   const data = await response.json();
   $("subject-summary").textContent =
     `${data.count} prediction(s), ${data.feedback.length} feedback item(s), ${data.access_log.length} journal entr${data.access_log.length === 1 ? "y" : "ies"}; ` +
@@ -177,21 +179,21 @@ async function lookUp() {
 }
 
 async function exportSubject() {
-  const response = await call("GET", `${subjectPath()}?download=1`);
+  const response = await call("POST", "/api/results/subjects/access", subjectBody({ download: true }));
   const disposition = response.headers.get("Content-Disposition") || "";
   const match = /filename="([^"]+)"/.exec(disposition);
   saveBlob(await response.blob(), match ? match[1] : "export.json");
 }
 
 function armErasure() {
-  subjectPath(); // refuses an empty id before asking for confirmation
+  subjectBody({}); // refuses an empty id before asking for confirmation
   $("subject-erase-confirm").hidden = false;
   $("subject-erase-confirm").focus();
 }
 
 async function eraseSubject() {
   $("subject-erase-confirm").hidden = true;
-  const response = await call("DELETE", subjectPath());
+  const response = await call("POST", "/api/results/subjects/erasure", subjectBody({}));
   const erased = await response.json();
   await lookUp();
   $("subject-summary").textContent =

@@ -64,7 +64,12 @@ class Settings(SettingsBase):
 
     # --- limits, timeouts, workers -----------------------------------------------------------
     MAX_UPLOAD_BYTES = Var(10 * 1024 * 1024, "largest image upload, checked before decoding", _LIMITS)
-    MAX_IMAGE_PIXELS = Var(40_000_000, "largest image in pixels (width x height), checked from the header", _LIMITS)
+    MAX_IMAGE_PIXELS = Var(24_000_000, "largest image in budget pixels, checked from the header: width x height, "
+                           "counted twice for alpha, 16/32-bit, float and CMYK modes (services/common/images.py)", _LIMITS)
+    DECODE_CONCURRENCY = Var(2, "large image decodes (above 4 M budget pixels) at a time per process, so a worker's "
+                             "memory is bounded by a few worst-case images, not by its threads", _LIMITS)
+    READY_CACHE_S = Var(1.0, "/ready answers from a dependency probe at most this old, per process", _LIMITS)
+    GRPC_MAX_CONCURRENT_RPCS = Var(32, "RPCs the adapter holds in flight; one more is refused RESOURCE_EXHAUSTED", _LIMITS)
     INTERNAL_TIMEOUT_S = Var(10.0, "budget of every internal call (gateway -> services, adapter -> Triton)", _LIMITS)
     RETRY_AFTER_S = Var(5, "Retry-After of a 503 when a dependency is down", _LIMITS)
     BREAKER_FAILURES = Var(5, "consecutive failures that open a dependency's circuit breaker", _LIMITS)
@@ -73,7 +78,9 @@ class Settings(SettingsBase):
     GRPC_WORKERS = Var(16, "threads of the adapter's gRPC server", _LIMITS)
     GATEWAY_FANOUT_THREADS = Var(16, "threads a gateway worker uses to call the feature service alongside the model", _LIMITS)
     RATE_LIMIT = Var("50 per second;2000 per minute", "per-key rate limits of the gateway (flask-limiter syntax)", _LIMITS)
-    RATELIMIT_STORAGE_URI = Var("memory://", "where rate-limit counters live (redis://... to share them)", _LIMITS)
+    RATELIMIT_STORAGE_URI = Var("memory://", "where rate-limit counters live (redis://... to share them); the local "
+                                "stack: its own password-protected Redis unless set", _LIMITS)
+    REDIS_PORT = Var(6380, "port of the local stack's own Redis (scripts/stack.py, loopback, requirepass)", _LIMITS)
     GUNICORN_WORKERS = Var(2, "worker processes per HTTP service", _LIMITS)
     GUNICORN_THREADS = Var(8, "threads per worker", _LIMITS)
     GUNICORN_TIMEOUT = Var(60, "seconds before gunicorn restarts a silent worker", _LIMITS)
@@ -111,8 +118,16 @@ class Settings(SettingsBase):
     PSEUDONYM_PREVIOUS_KEYS = Var("", "after a key rotation: the earlier keys, comma-separated, still used for lookups "
                                   "and erasure; unset: var/secrets/pseudonym_previous_keys if it exists", _SEC, kind="secret")
     PSEUDONYM_PREVIOUS_KEYS_FILE = Var("", "file holding PSEUDONYM_PREVIOUS_KEYS instead (one key per line)", _SEC)
-    INTERNAL_TOKEN = Var("", "when set, the internal services require it from the gateway (bearer token)", _SEC, kind="secret")
+    INTERNAL_TOKEN = Var("", "service-to-service token, required: the feature and results services and the adapter "
+                         "refuse callers without it, and no service starts without it; the local stack generates it "
+                         "into var/secrets/internal_token", _SEC, kind="secret")
     INTERNAL_TOKEN_FILE = Var("", "file holding INTERNAL_TOKEN instead", _SEC)
+    TRITON_ADMIN_KEY = Var("", "key of Triton's restricted APIs (model control, shared memory, trace, logging); the "
+                           "local stack generates it into var/secrets/triton_admin_key", _SEC, kind="secret")
+    TRITON_ADMIN_KEY_FILE = Var("", "file holding TRITON_ADMIN_KEY instead", _SEC)
+    REDIS_PASSWORD = Var("", "password of the rate-limit Redis; the local stack generates it into "
+                         "var/secrets/redis_password", _SEC, kind="secret")
+    REDIS_PASSWORD_FILE = Var("", "file holding REDIS_PASSWORD instead", _SEC)
     METRICS_TOKEN = Var("", "bearer token every /metrics requires; unset: generated into var/secrets/", _SEC, kind="secret")
     METRICS_TOKEN_FILE = Var("", "file holding METRICS_TOKEN instead", _SEC)
     TLS_CA_FILE = Var("", "CA that every client verifies servers against (default: the system's)", _SEC)
@@ -140,6 +155,16 @@ class Settings(SettingsBase):
 
     # --- deployment files only -------------------------------------------------------------
     IMAGE_TAG = Var("dev", "tag of the locally built images", _DEPLOY, read_by="compose")
+    COMPOSE_PROJECT_NAME = Var("car-detection", "docker compose project name (prefix of containers and volumes)", _DEPLOY,
+                               read_by="compose")
+    TLS_DIR = Var("./var/compose/tls", "host folder of the compose stack's CA and server certificates", _DEPLOY,
+                  read_by="compose")
+    PYTHON_IMAGE = Var("python:3.11.14-slim-bookworm", "base image of the Python services", _DEPLOY, read_by="compose")
+    TRITON_IMAGE = Var("nvcr.io/nvidia/tritonserver:25.08-py3", "base image of Triton", _DEPLOY, read_by="compose")
+    MODEL_BASE_IMAGE = Var("busybox:1.37.0", "base image of the model-repository image", _DEPLOY, read_by="compose")
+    POSTGRES_IMAGE = Var("postgres:17.6-alpine", "PostgreSQL image", _DEPLOY, read_by="compose")
+    REDIS_IMAGE = Var("redis:7.4.10-alpine", "Redis image (rate-limit counters)", _DEPLOY, read_by="compose")
+    PROMETHEUS_IMAGE = Var("prom/prometheus:v3.5.0", "Prometheus image", _DEPLOY, read_by="compose")
     POSTGRES_PORT = Var(5432, "host port of PostgreSQL", _DEPLOY, read_by="compose")
     ELASTICSEARCH_PORT = Var(9200, "host port of Elasticsearch", _DEPLOY, read_by="compose")
     KIBANA_PORT = Var(5601, "host port of Kibana", _DEPLOY, read_by="compose")

@@ -30,3 +30,10 @@ if bool(_tls_cert) != bool(_tls_key):
     raise SystemExit("configuration error: set both TLS_CERT_FILE and TLS_KEY_FILE, or neither")
 if _tls_cert:
     certfile, keyfile = _tls_cert, _tls_key
+
+# Every HTTP service here is internal or calls internal ones (the gateway): no service
+# token, no start. Checked in the master, because a SystemExit while a worker imports the
+# app only makes gunicorn start the next worker, for ever.
+from services.common.service_token import internal_token as _internal_token  # noqa: E402
+
+_internal_token()

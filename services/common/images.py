@@ -15,7 +15,10 @@ refuses a truncated or corrupt file with a 400 of its own.
 from __future__ import annotations
 
 import io
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,11 +26,21 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from services.common import config
 
-# Our own pixel limit is checked from the header; Pillow's bomb guard would only
-# fire at a different, fixed size and with a less helpful message.
-Image.MAX_IMAGE_PIXELS = None
-
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
+# Our own budget (below) is checked from the header first, with a clearer message;
+# Pillow's bomb guard stays on behind it, never below Pillow's own default.
+Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, config.MAX_IMAGE_PIXELS)
+# What a pixel costs relative to 8-bit RGB while it is decoded and turned into RGB:
+# alpha needs the 4-byte picture plus the composite, 16/32-bit and float pixels are
+# 2-4 bytes each before scaling to 8 bits, CMYK is 4 bytes and converted. The budget
+# (MAX_IMAGE_PIXELS) counts width x height x cost, so the worst accepted upload of any
+# mode stays far below a worker's 512 MB (docs/reliability.md has the measurements).
+HEAVY_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA", "CMYK", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+HEAVY_MODE_COST = 2
+# Decodes above this cost take one of DECODE_CONCURRENCY slots per process (decode_slot).
+SMALL_IMAGE_COST = 4_000_000
+_slots = threading.BoundedSemaphore(config.DECODE_CONCURRENCY)
+_slot_holder = threading.local()
 # What the model's in-graph decoder reads as-is; anything else is re-encoded.
 MODEL_NATIVE = {("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "L")}
 
@@ -71,26 +84,29 @@ def check_image(data: bytes, max_bytes: int | None = None, max_pixels: int | Non
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            image = Image.open(io.BytesIO(data))
+            # formats=: no other Pillow plugin ever parses an upload (PSD, EPS, FITS, ...).
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected(f"image refused by the decompression-bomb guard: {exc}", 413) from None
     except UnidentifiedImageError:
         claimed = _sniff(data)
         if claimed:
             raise ImageRejected(f"corrupt {claimed} image: its header cannot be read") from None
+        foreign = next((name for magic, name in _FOREIGN_MAGIC.items() if data.startswith(magic)), None)
+        what = f" ({foreign} by its signature)" if foreign else ""
         raise ImageRejected(
-            f"not a supported image: expected one of {', '.join(ACCEPTED_FORMATS)}", 415
+            f"not a supported image{what}: expected one of {', '.join(ACCEPTED_FORMATS)}", 415
         ) from None
     except Exception as exc:  # Pillow raises many types for hostile headers
         raise ImageRejected(f"unreadable image header: {exc}") from None
-    if image.format not in ACCEPTED_FORMATS:
-        raise ImageRejected(
-            f"unsupported image format {image.format}: expected one of {', '.join(ACCEPTED_FORMATS)}", 415
-        )
     width, height = image.size
     if width < 1 or height < 1:
         raise ImageRejected(f"image has no pixels ({width}x{height})")
-    if width * height > max_pixels:
+    cost = pixel_cost(image)
+    if width * height * cost > max_pixels:
+        counted = f" in mode {image.mode}, counted {cost}x" if cost > 1 else ""
         raise ImageRejected(
-            f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels} pixels", 413
+            f"image is {width}x{height} = {width * height} pixels{counted}, above the limit of {max_pixels} pixels", 413
         )
     fmt, mode = image.format, image.mode
     orientation = _orientation(image)
@@ -100,30 +116,101 @@ def check_image(data: bytes, max_bytes: int | None = None, max_pixels: int | Non
     if native and not decode:
         return CheckedImage(rgb=None, model_bytes=data, format=fmt, mode=mode, byte_size=len(data),
                             width=width, height=height)
-    if analysis_side and native and fmt == "JPEG":
+    with decode_slot(width * height * cost):
+        rgb = _decode(image, fmt, orientation, analysis_side)
+        if native:
+            model_bytes = data
+        else:
+            buffer = io.BytesIO()
+            rgb.save(buffer, format="PNG", compress_level=1)
+            model_bytes = buffer.getvalue()
+    # Header-only callers pass the file on: the pixels are not kept beyond the slot.
+    return CheckedImage(rgb=rgb if decode else None, model_bytes=model_bytes, format=fmt, mode=mode,
+                        byte_size=len(data), width=width, height=height)
+
+
+def _decode(image: Image.Image, fmt: str, orientation: int, analysis_side: int | None) -> Image.Image:
+    if analysis_side and fmt == "JPEG":
+        # Statistics only: libjpeg decodes at 1/2, 1/4 or 1/8 scale (any JPEG mode or orientation).
         scale = analysis_side / max(image.size)
         image.draft(image.mode, (max(1, int(image.width * scale)), max(1, int(image.height * scale))))
     try:
         image.load()
     except Exception as exc:
         raise ImageRejected(f"corrupt or truncated {fmt} image: {exc}") from None
-    oriented = image
+    if analysis_side:
+        image = _reduce_for_analysis(image, analysis_side)
     if orientation not in (0, 1):
         try:
-            oriented = ImageOps.exif_transpose(image)
+            image = ImageOps.exif_transpose(image)
         except Exception:  # a broken EXIF block should not cost the user the picture
-            oriented = image
-    rgb = _to_rgb(oriented)
-    if native:
-        model_bytes = data
-    else:
-        buffer = io.BytesIO()
-        rgb.save(buffer, format="PNG", compress_level=1)
-        model_bytes = buffer.getvalue()
-    return CheckedImage(rgb=rgb, model_bytes=model_bytes, format=fmt, mode=mode, byte_size=len(data),
-                        width=width, height=height)
+            pass
+    return _to_rgb(image)
 
 
+@contextmanager
+def decode_slot(cost: int) -> Iterator[None]:
+    """At most DECODE_CONCURRENCY large decodes at a time per process (each gunicorn
+    worker runs several threads): a worker's memory is bounded by a few worst-case
+    images, not by its thread count. Small images (the usual frames) never wait; a
+    thread already holding a slot does not take a second one."""
+    if cost <= SMALL_IMAGE_COST or getattr(_slot_holder, "held", False):
+        yield
+        return
+    if not _slots.acquire(timeout=config.INTERNAL_TIMEOUT_S):
+        raise ImageRejected("too many large images are being decoded right now; retry shortly", 503)
+    _slot_holder.held = True
+    try:
+        yield
+    finally:
+        _slot_holder.held = False
+        _slots.release()
+
+
+def header_cost(data: bytes) -> int:
+    """Budget pixels (width x height x mode cost) an upload declares; 0 if unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        return image.width * image.height * pixel_cost(image)
+    except Exception:  # check_image gives the real verdict
+        return 0
+
+
+def pixel_cost(image: Image.Image) -> int:
+    """How many budget pixels one pixel of this image counts for (see HEAVY_MODES)."""
+    heavy = image.mode in HEAVY_MODES or (image.mode == "P" and "transparency" in image.info)
+    return HEAVY_MODE_COST if heavy else 1
+
+
+def analysis_factor(size: tuple[int, int], side: int) -> int:
+    """The largest power of two that keeps the longer side >= side (1: keep the size)."""
+    factor = 1
+    while max(size) // (factor * 2) >= side:
+        factor *= 2
+    return factor
+
+
+def _reduce_for_analysis(image: Image.Image, side: int) -> Image.Image:
+    """Scale a decoded picture down for statistics before any conversion copies it at
+    full size (PNG and the like cannot be decoded at reduced scale)."""
+    factor = analysis_factor(image.size, side)
+    if factor == 1:
+        return image
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    try:
+        return image.reduce(factor)
+    except (ValueError, NotImplementedError):  # a mode reduce() does not handle: convert later, full size
+        return image
+
+
+# Named in the refusal of a foreign file, from its first bytes only (never parsed).
+_FOREIGN_MAGIC = {b"\x00\x00\x01\x00": "ICO", b"\x00\x00\x02\x00": "CUR", b"8BPS": "PSD", b"%PDF": "PDF",
+                  b"%!PS": "PostScript", b"PK\x03\x04": "ZIP", b"\x7fELF": "ELF", b"SIMPLE  =": "FITS",
+                  b"\xff\x4f\xff\x51": "JPEG 2000", b"\x00\x00\x00\x0cjP  ": "JPEG 2000", b"qoif": "QOI",
+                  b"DDS ": "DDS", b"icns": "ICNS"}
 _MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF", b"BM": "BMP",
           b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 
@@ -137,6 +224,10 @@ def _sniff(data: bytes) -> str | None:
 
 def _orientation(image: Image.Image) -> int:
     """The EXIF orientation tag (1 = upright; 0 or absent count as upright)."""
+    if image.format == "PNG" and "exif" not in image.info:
+        # Pillow would decode the whole PNG looking for an eXIf chunk after the pixels;
+        # the PNG specification puts it before them.
+        return 1
     try:
         value = image.getexif().get(0x0112, 1)
         return value if isinstance(value, int) and 0 <= value <= 8 else 1
@@ -145,15 +236,25 @@ def _orientation(image: Image.Image) -> int:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        # 16-bit and float greyscale: scale to 8 bits instead of clipping to white.
+    """The RGB picture a viewer shows, with as few full-size copies as possible."""
+    if image.mode.startswith("I;16"):
+        # 16-bit greyscale: the high byte when the picture uses more than 8 bits (8-bit
+        # values stored in 16 bits are kept as they are), never clipped to white.
+        pixels = np.asarray(image)
+        high = pixels.size and int(pixels.max()) > 255
+        image = Image.fromarray((pixels >> 8 if high else pixels).astype(np.uint8), mode="L")
+        del pixels
+    elif image.mode in ("I", "F"):
         pixels = np.asarray(image, dtype=np.float32)
         peak = float(pixels.max()) if pixels.size else 0.0
         scale = 255.0 / 65535.0 if peak > 255 else 1.0
         image = Image.fromarray(np.clip(pixels * scale, 0, 255).astype(np.uint8), mode="L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # Transparent areas show as white, as in a viewer, rather than as hidden colours.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
+        del pixels
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent areas show as white, as in a viewer, rather than as hidden colours:
+        # the picture pasted through its own alpha onto white (one RGB copy, no RGBA ones).
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+        rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+        rgb.paste(rgba, mask=rgba)
+        return rgb
     return image.convert("RGB") if image.mode != "RGB" else image

@@ -6,8 +6,9 @@ headers, one ECS access-log line per request, and `/health` and `/ready`.
 """
 from __future__ import annotations
 
-import hmac
+import math
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from services.common import config, metrics
 from services.common.images import ImageRejected
 from services.common.logs import request_id_var, setup_logging
 from services.common.pseudonym import hash_user_id
+from services.common.service_token import INTERNAL_TOKEN_HEADER, internal_token, token_matches
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -51,26 +53,15 @@ def json_error(status: int, message: str, headers: dict[str, str] | None = None)
     return response
 
 
-INTERNAL_TOKEN_HEADER = "X-Internal-Token"
 # Paths an internal service answers without the token: probes, documentation, and
-# /metrics (which has its own bearer token).
+# /metrics (which has its own bearer token). None of them reads X-Actor-* headers.
 _OPEN_PATHS = ("/health", "/ready", "/openapi.json", "/metrics")
 
 
-def internal_token() -> str | None:
-    """The optional service-to-service token (`INTERNAL_TOKEN` or `INTERNAL_TOKEN_FILE`).
-    When set, the feature and results services require it in `X-Internal-Token` and the
-    gateway sends it; unset, they rely on network isolation (docs/reliability.md)."""
-    if config.INTERNAL_TOKEN or config.INTERNAL_TOKEN_FILE:
-        return config.secret("INTERNAL_TOKEN")
-    return None
-
-
-def _internal_caller_ok(expected: str | None) -> bool:
-    if expected is None or request.path in _OPEN_PATHS:
-        return True
-    presented = request.headers.get(INTERNAL_TOKEN_HEADER, "")
-    return hmac.compare_digest(presented.encode(), expected.encode())
+def _internal_caller_ok(expected: str) -> bool:
+    """Every path but the open ones needs the token, so the results service's `X-Actor-*`
+    headers are only ever read from a caller that holds it."""
+    return request.path in _OPEN_PATHS or token_matches(request.headers.get(INTERNAL_TOKEN_HEADER), expected)
 
 
 def json_body() -> dict[str, Any]:
@@ -131,7 +122,7 @@ def create_app(service_name: str, ready_checks: dict[str, Callable[[], None]] | 
     app.config["MAX_CONTENT_LENGTH"] = config.MAX_UPLOAD_BYTES + 64 * 1024
     app.json.sort_keys = False
     checks = ready_checks or {}
-    expected_token = internal_token() if internal else None  # read once, not per request
+    expected_token = internal_token() if internal else ""  # read once, not per request
     metrics.instrument(app, service_name)  # request metrics and an authenticated /metrics
 
     @app.before_request
@@ -187,7 +178,7 @@ def create_app(service_name: str, ready_checks: dict[str, Callable[[], None]] | 
 
     @app.errorhandler(ImageRejected)
     def _image_rejected(error: ImageRejected) -> Response:
-        return json_error(error.status, error.message)
+        return json_error(error.status, error.message, {"Retry-After": "1"} if error.status == 503 else None)
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Response:
@@ -203,17 +194,11 @@ def create_app(service_name: str, ready_checks: dict[str, Callable[[], None]] | 
     def health() -> Response:
         return jsonify({"status": "healthy", "service": service_name, "timestamp": utc_now_iso()})
 
+    probe_dependencies = _cached_probe(checks, log)
+
     @app.get("/ready")
     def ready() -> Response:
-        failures = {}
-        for name, check in checks.items():
-            try:
-                check()
-            except Exception as exc:
-                # Our own messages are safe to show; a driver's may name hosts and ports.
-                own = isinstance(exc, (ApiError, RuntimeError))
-                failures[name] = (str(exc) if own else "") or type(exc).__name__
-                log.warning("not ready: %s: %s", name, exc, extra={"event.action": "ready"})
+        failures = probe_dependencies()
         body = {"status": "ready" if not failures else "not ready", "service": service_name,
                 "dependencies": {name: failures.get(name, "ok") for name in checks}}
         response = jsonify(body)
@@ -226,6 +211,35 @@ def create_app(service_name: str, ready_checks: dict[str, Callable[[], None]] | 
         _serve_openapi(app, openapi)
 
     return app
+
+
+def _cached_probe(checks: dict[str, Callable[[], None]], log: Any) -> Callable[[], dict[str, str]]:
+    """`/ready` is unauthenticated: its dependency probes run at most once per
+    READY_CACHE_S per process, and while one probe is in flight (a hanging dependency
+    takes its full timeout) other callers get the last answer instead of waiting, so a
+    flood of /ready calls costs neither the dependencies nor the worker's threads."""
+    lock, cached = threading.Lock(), {"at": -math.inf, "failures": {}}
+
+    def probe() -> dict[str, str]:
+        if not lock.acquire(blocking=cached["at"] == -math.inf):  # the very first probe: wait for it
+            return cached["failures"]
+        try:
+            if time.monotonic() - cached["at"] < config.READY_CACHE_S:
+                return cached["failures"]
+            failures = {}
+            for name, check in checks.items():
+                try:
+                    check()
+                except Exception as exc:
+                    # Our own messages are safe to show; a driver's may name hosts and ports.
+                    own = isinstance(exc, (ApiError, RuntimeError))
+                    failures[name] = (str(exc) if own else "") or type(exc).__name__
+                    log.warning("not ready: %s: %s", name, exc, extra={"event.action": "ready"})
+            cached.update(at=time.monotonic(), failures=failures)
+            return failures
+        finally:
+            lock.release()
+    return probe
 
 
 def _serve_openapi(app: Flask, path: Path) -> None:

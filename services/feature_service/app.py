@@ -17,7 +17,7 @@ from flask import Response, g, jsonify, request
 from PIL import Image
 
 from services.common import config
-from services.common.images import check_image
+from services.common.images import check_image, decode_slot, header_cost
 from services.common.model_info import input_size
 from services.common.web import ApiError, create_app, json_body
 from services.feature_service.features import ANALYSIS_SIDE, extract_features
@@ -60,18 +60,26 @@ def preprocess() -> Response:
     started = time.perf_counter()
     wants_image = _wants_image()
     data = _uploaded_bytes()
-    # Features alone need only a reduced-scale decode; the model-ready image needs every pixel.
-    image = check_image(data, analysis_side=None if wants_image else ANALYSIS_SIDE)
-    features = extract_features(image)
-    body: dict = {"request_id": g.request_id, "features": features}
-    if wants_image:
+    if not wants_image:
+        # Features alone need only a reduced-scale decode (a small picture once decoded).
+        image = check_image(data, analysis_side=ANALYSIS_SIDE)
+        features = extract_features(image)
+        body: dict = {"request_id": g.request_id, "features": features}
+    else:
         # The model-ready image is the frame resized to the newest version's input_size.
         size = input_size()
         if size is None:
             raise ApiError(503, "the model's input size is unknown: no model_metadata.json under MODEL_REPOSITORY "
                                 "and MODEL_INPUT_WIDTH/MODEL_INPUT_HEIGHT unset", {"Retry-After": str(config.RETRY_AFTER_S)})
-        assert image.rgb is not None  # decoded: analysis_side is None when the image is wanted
-        resized = image.rgb.resize(size, Image.Resampling.BILINEAR)
+        # It needs every pixel: the decode slot covers the full-size picture until it is
+        # resized, not only its decoding.
+        with decode_slot(header_cost(data)):
+            image = check_image(data)
+            features = extract_features(image)
+            assert image.rgb is not None
+            resized = image.rgb.resize(size, Image.Resampling.BILINEAR)
+            del image
+        body = {"request_id": g.request_id, "features": features}
         buffer = io.BytesIO()
         resized.save(buffer, format="JPEG", quality=95)
         body["preprocessed_image"] = base64.b64encode(buffer.getvalue()).decode()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from services.common.images import CheckedImage
+from services.common.images import CheckedImage, analysis_factor
 
 ANALYSIS_SIDE = 320
 
@@ -21,9 +21,7 @@ ANALYSIS_SIDE = 320
 def analysis_image(rgb: Image.Image) -> Image.Image:
     """`rgb` divided by the largest power of two that keeps its longer side >= ANALYSIS_SIDE
     (so between ANALYSIS_SIDE and twice that, unless it was smaller to begin with)."""
-    factor = 1
-    while max(rgb.size) // (factor * 2) >= ANALYSIS_SIDE:
-        factor *= 2
+    factor = analysis_factor(rgb.size, ANALYSIS_SIDE)
     return rgb.reduce(factor) if factor > 1 else rgb
 
 

@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent import futures
 
 import grpc
@@ -23,6 +24,7 @@ from services.common import config, metrics, tls
 from services.common.images import ImageRejected, check_image
 from services.common.logs import detection_fields, request_id_var, setup_logging
 from services.common.pseudonym import HASH_PATTERN, hash_user_id
+from services.common.service_token import GRPC_TOKEN_KEY, internal_token, token_matches
 from services.model_serving.triton import ModelRejected, ModelUnavailable, TritonDetector
 from services.common.integrity import ServingGuard
 from services.proto import model_serving_pb2 as pb
@@ -32,6 +34,9 @@ SERVICE_NAME = "model-serving"
 FULL_SERVICE_NAME = "modelserving.ModelServing"
 USER_HASH = re.compile(HASH_PATTERN)
 HEALTH_PROBE_INTERVAL_S = config.HEALTH_PROBE_INTERVAL_S
+# The standard health service stays open, like /health: probes (kubelet, stack.py) carry
+# no metadata, and it tells only SERVING or not.
+_OPEN_METHOD_PREFIX = "/grpc.health.v1.Health/"
 
 log = setup_logging(SERVICE_NAME)
 
@@ -147,16 +152,51 @@ def _follow_triton(detector: TritonDetector, health_servicer: health.HealthServi
         stop.wait(HEALTH_PROBE_INTERVAL_S)
 
 
-def serve() -> None:
-    detector = TritonDetector(config.TRITON_GRPC_URL, config.TRITON_MODEL_NAME, config.INTERNAL_TIMEOUT_S)
+class TokenInterceptor(grpc.ServerInterceptor):
+    """Every ModelServing call needs the service token in `x-internal-token` metadata;
+    without it the call ends UNAUTHENTICATED before the servicer sees the request."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+        def deny(_request: bytes, context: grpc.ServicerContext) -> None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          f"missing or wrong {GRPC_TOKEN_KEY} metadata (internal service)")
+
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+                          handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        if handler_call_details.method.startswith(_OPEN_METHOD_PREFIX):
+            return continuation(handler_call_details)
+        presented = next((value for key, value in handler_call_details.invocation_metadata or ()
+                          if key == GRPC_TOKEN_KEY), None)
+        if isinstance(presented, str) and token_matches(presented, self._token):
+            return continuation(handler_call_details)
+        return self._deny
+
+
+def build_server(token: str) -> grpc.Server:
+    """The adapter's gRPC server: token check, bounded concurrency and message sizes."""
     message_limit = config.MAX_UPLOAD_BYTES + 64 * 1024
-    server = grpc.server(
+    return grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.GRPC_WORKERS),
+        interceptors=[TokenInterceptor(token)],
+        # Beyond this many RPCs in flight (running or queued for a thread) a call is refused
+        # at once with RESOURCE_EXHAUSTED instead of queueing without bound.
+        maximum_concurrent_rpcs=config.GRPC_MAX_CONCURRENT_RPCS,
         options=[
             ("grpc.max_receive_message_length", message_limit),
             ("grpc.max_send_message_length", message_limit),
+            ("grpc.max_metadata_size", 16 * 1024),
         ],
     )
+
+
+def serve() -> None:
+    token = internal_token()  # no token, no start
+    detector = TritonDetector(config.TRITON_GRPC_URL, config.TRITON_MODEL_NAME, config.INTERNAL_TIMEOUT_S)
+    server = build_server(token)
     servicer = ModelServingServicer(detector)
     pb_grpc.add_ModelServingServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()

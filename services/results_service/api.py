@@ -24,8 +24,9 @@ User ids are only ever stored and compared as a keyed hash; the /subjects routes
 the hashes themselves, so that no id in clear reaches this service.
 A request id belongs to the client that stored it: another client's prediction
 answers 404, exactly like a missing one.
-When INTERNAL_TOKEN is configured, every path but /health, /ready, /openapi.json
-and /metrics needs the header X-Internal-Token (401 otherwise).
+Every path but /health, /ready, /openapi.json and /metrics needs the service token
+(INTERNAL_TOKEN) in the header X-Internal-Token (401 otherwise), so X-Actor-* count
+only from a caller that holds it.
 Generated from services/common/schemas.py by `make openapi`: do not edit the YAML.
 """
 

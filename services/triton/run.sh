@@ -9,7 +9,18 @@
 #   MODEL_REPOSITORY     model repository root (default <repo>/model_repository)
 #   TRITON_HTTP_PORT     8000    TRITON_GRPC_PORT 8001    TRITON_METRICS_PORT 8002
 #   TRITON_LOG_VERBOSE   0       VENV  <repo>/.venv
+#   BIND_HOST            127.0.0.1 (HTTP, gRPC and metrics listen on loopback only)
+#   TRITON_ADMIN_KEY / TRITON_ADMIN_KEY_FILE   key of the restricted APIs (below)
 #   TRITON_EXTRA_ARGS    extra flags appended verbatim
+#
+# Restricted APIs: model control (load/unload, repository index), shared-memory
+# registration, trace and log settings answer only requests carrying the key in the
+# header `triton-admin-key` (gRPC metadata: `triton-grpc-protocol-triton-admin-key`);
+# health, metadata, model config, statistics and inference stay open (notebooks,
+# perf_analyzer). A model loaded through model control
+# runs its python code, so that API is for the operator's tools only
+# (services/common/service_token.py: triton_admin_headers()). scripts/stack.py generates
+# the key into var/secrets; without one a random key nobody holds closes those APIs.
 #
 # Model control mode "explicit" with --load-model=car_detector: the model is loaded once at
 # start-up (latest version, version_policy latest 1) and never reloaded behind our back.
@@ -69,13 +80,28 @@ export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 export TF_ENABLE_ONEDNN_OPTS="${TF_ENABLE_ONEDNN_OPTS:-1}"
 export PYTHONDONTWRITEBYTECODE=1  # honoured by tools started here; the stub ignores it
 
+ADMIN_KEY="${TRITON_ADMIN_KEY:-}"
+if [[ -z "$ADMIN_KEY" && -n "${TRITON_ADMIN_KEY_FILE:-}" ]]; then
+  ADMIN_KEY="$(tr -d '[:space:]' < "$TRITON_ADMIN_KEY_FILE")"
+fi
+if [[ -z "$ADMIN_KEY" ]]; then
+  ADMIN_KEY="$("$PY" -c 'import secrets; print(secrets.token_hex(32))')"
+fi
+RESTRICTED="model-repository,shared-memory,trace,logging:triton-admin-key=$ADMIN_KEY"
+BIND="${BIND_HOST:-127.0.0.1}"
+
 # shellcheck disable=SC2086  # TRITON_EXTRA_ARGS is a list of flags on purpose
 exec "$TRITONSERVER" \
   --model-repository="$MODEL_REPOSITORY" \
   --backend-directory="$BACKEND_DIR" \
+  --http-address "$BIND" \
+  --grpc-address "$BIND" \
+  --metrics-address "$BIND" \
   --http-port "${TRITON_HTTP_PORT:-8000}" \
   --grpc-port "${TRITON_GRPC_PORT:-8001}" \
   --metrics-port "${TRITON_METRICS_PORT:-8002}" \
+  --http-restricted-api="$RESTRICTED" \
+  --grpc-restricted-protocol="$RESTRICTED" \
   --model-control-mode=explicit \
   --load-model=car_detector \
   --strict-readiness=true \

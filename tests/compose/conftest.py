@@ -95,7 +95,9 @@ def _write_env(path: Path) -> None:
     path.write_text("\n".join([*(f"{k}={v}" for k, v in wanted.items()), *lines]) + "\n")
 
 
-@pytest.fixture(scope="session")
+# Package scope: the containers go away once this folder's tests are done, before
+# the rest of `make test` (the local stack) needs the CPU.
+@pytest.fixture(scope="package")
 def composed() -> Iterator[Composed]:
     why = _engine() if shutil.which("bash") else "bash is missing"
     if why:
@@ -119,7 +121,7 @@ def composed() -> Iterator[Composed]:
                            cwd=REPO_ROOT, capture_output=True, timeout=300)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def https(composed: Composed) -> requests.Session:
     session = requests.Session()
     session.verify = composed.ca

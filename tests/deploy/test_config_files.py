@@ -21,7 +21,9 @@ DECLARED = Settings.variables()
 # Values each deployment sets for itself: its own addresses and stores, not shared defaults.
 PER_DEPLOYMENT = {name for name, var in DECLARED.items() if var.group == Settings.GATEWAY_PORT.group
                   and not name.endswith("_PORT")} | {
-    "DATABASE_URL", "RATELIMIT_STORAGE_URI", "LOGSTASH_HOST", "VAR_DIR", "MODEL_REPOSITORY", "METRICS_DIR"}
+    "DATABASE_URL", "RATELIMIT_STORAGE_URI", "LOGSTASH_HOST", "VAR_DIR", "MODEL_REPOSITORY", "METRICS_DIR",
+    # TLS is off by default and switched on, with the deployment's own files, per hop.
+    *(name for name in DECLARED if "TLS" in name)}
 OUR_IMAGE = re.compile(r"^car-detection/(?!triton)")
 
 

@@ -70,7 +70,7 @@ def wait_stack_healthy(stack, timeout_s: float = 240.0) -> None:
                 pytest.fail(f"{name} did not become healthy again:\n{STACK.log_tail(env, name)}")
             time.sleep(0.5)
     time.sleep(float(env.get("BREAKER_RESET_S", config.BREAKER_RESET_S)))
-    for attempt in range(60):
+    for _attempt in range(60):
         # several in a row: each gunicorn worker has its own breakers
         if all(detect(stack, "reliability-canary", f"canary-{uuid.uuid4().hex}", timeout=30).status_code == 201
                for _ in range(4)):
@@ -161,7 +161,7 @@ class Load:
             with self._lock:
                 self.outcomes.append(outcome)
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for thread in self._threads:
             thread.start()
         return self

@@ -194,7 +194,10 @@ def test_dpo_looks_up_exports_and_erases_a_subject(stack, http, browser, downloa
     browser.find_element(By.ID, "subject-erase").click()
     browser.find_element(By.ID, "subject-erase-confirm").click()
     error = wait_for(browser, EC.visibility_of_element_located((By.ID, "error")), 30)
-    assert error.get_attribute("data-status") == "403" and "role client may not DELETE" in error.text
+    refused = http.post(f"{stack.gateway}/api/results/subjects/erasure", headers=headers("client"),
+                        json={"user_id": subject}, timeout=10)
+    assert refused.status_code == 403
+    assert error.get_attribute("data-status") == "403" and error.text.startswith(f"403: {refused.json()['error']}")
     assert http.get(f"{stack.gateway}/api/results/predictions/user/{subject}", headers=headers("dpo"),
                     timeout=10).json()["count"] == 1
 

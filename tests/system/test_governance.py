@@ -25,7 +25,7 @@ from PIL import Image
 
 from services.proto import model_serving_pb2 as pb
 from services.proto import model_serving_pb2_grpc as pb_grpc
-from tests.conftest import KEYS, REPO_ROOT, frame, headers, wait_until
+from tests.conftest import INTERNAL_HEADERS, KEYS, REPO_ROOT, adapter_channel, frame, headers, wait_until
 from tests.system.test_results_service import record
 
 TABLES = ("predictions", "feedback", "audit_events")
@@ -167,15 +167,17 @@ def test_sqlite_erasure_of_predictions_and_feedback_leaves_no_residue(sqlite_res
     marker, comment = f"mk{uuid.uuid4().hex[:28]}", f"comment-{uuid.uuid4().hex}"
     user = f"residue-{uuid.uuid4().hex[:8]}"
     body = record(user_id=user, model_version=marker)
-    assert requests.post(f"{url}/predictions", json=body).status_code == 201
-    answer = requests.post(f"{url}/predictions/{body['request_id']}/feedback",
+    internal = requests.Session()  # holds the service token, as the gateway does
+    internal.headers.update(INTERNAL_HEADERS)
+    assert internal.post(f"{url}/predictions", json=body).status_code == 201
+    answer = internal.post(f"{url}/predictions/{body['request_id']}/feedback",
                            json={"correct": False, "reason": "wrong box", "comment": comment})
     assert answer.status_code == 201
-    assert requests.get(f"{url}/predictions/user/{user}").json()["feedback"][0]["comment"] == comment
+    assert internal.get(f"{url}/predictions/user/{user}").json()["feedback"][0]["comment"] == comment
     # the check below can fail: before the erasure the marker and the comment are in the files
     on_disk = b"".join(p.read_bytes() for p in (db_file, db_file.with_name(db_file.name + "-wal")) if p.exists())
     assert marker.encode() in on_disk and comment.encode() in on_disk
-    erased = requests.delete(f"{url}/predictions/user/{user}").json()
+    erased = internal.delete(f"{url}/predictions/user/{user}").json()
     assert erased["deleted"] == 1 and erased["deleted_feedback"] == 1
     files = (db_file, db_file.with_name(db_file.name + "-wal"))
     assert db_file.exists()
@@ -315,7 +317,7 @@ def test_a_real_adapter_refuses_a_tampered_version(stack, tmp_path):
                                     "MODEL_SERVING_METRICS_PORT": "15161"},
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with adapter_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.ModelServingStub(channel)
             for _ in range(100):
                 try:

@@ -2,8 +2,8 @@
 of its own (not the session stack's) serving a copy of the model repository, so that
 deprecating, re-pinning and reloading change nothing the other tests use.
 
-One test, in order: register v1 and v2, list/get/latest, deprecate v2 with --wait (Triton
-then serves v1), train a tiny v3 with --triton (reloaded; still pinned to v1), sync (v3
+In order: register v1 and v2, list/get/latest, deprecate v2 with --wait (Triton then
+serves v1); then train a tiny v3 with --triton (reloaded; still pinned to v1), sync (v3
 served), train v3 again with --version 3 (overwritten: a new record, Triton reloads it)."""
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def live(tmp_path_factory) -> dict:
         stop(process)
 
 
-def cli(live: dict, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def cli(live: dict, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=live["env"], capture_output=True, text=True,
                           timeout=timeout)
 
@@ -101,6 +101,10 @@ def test_registry_cli_and_training_versions_against_a_live_triton(live):
     assert json.loads(registry(live, "get", "car_detector:2").stdout)["status"] == "deprecated"
     assert re.search(r"\bactive\s+v\s*1\b", registry(live, "latest").stdout)
 
+
+def test_training_version_overwrite_and_triton_reload(live):
+    """After the test above (v2 deprecated, v1 pinned): a tiny v3 trained with --triton."""
+    model = live["model"]
     data = make_kaggle(live["folder"] / "data", [20, 40, 60, 80, 100, 120],
                        {20: [(5, 5, 30, 20)], 60: [(40, 10, 70, 40)], 120: [(10, 10, 40, 30)]})
     train = ["-m", "training.train", "--data", str(data), "--output", str(model.parent), "--registry",

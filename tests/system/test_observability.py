@@ -25,7 +25,7 @@ import requests
 import yaml
 
 from scripts.trace import get as field
-from tests.conftest import REPO_ROOT, free_port, frame, gunicorn_command, headers, wait_until
+from tests.conftest import INTERNAL_HEADERS, REPO_ROOT, free_port, frame, gunicorn_command, headers, wait_until
 from tests.logstash_listener import Listener
 
 SERVICES = ("gateway", "feature-service", "model-serving", "results-service")
@@ -222,7 +222,8 @@ class ShippingService:
     def preprocess(self, request_id: str, path_padding: str = "") -> float:
         started = time.perf_counter()
         answer = requests.post(f"{self.url}/preprocess{path_padding}?include_image=false", data=frame(),
-                               headers={"Content-Type": "image/jpeg", "X-Request-ID": request_id}, timeout=10)
+                               headers={"Content-Type": "image/jpeg", "X-Request-ID": request_id, **INTERNAL_HEADERS},
+                               timeout=10)
         elapsed = time.perf_counter() - started
         assert answer.status_code in (200, 404), answer.text
         return elapsed

@@ -23,7 +23,7 @@ import requests
 from services.common.resilience import CircuitBreaker, CircuitOpen
 from services.proto import model_serving_pb2 as pb
 from services.proto import model_serving_pb2_grpc as pb_grpc
-from tests.conftest import frame, headers
+from tests.conftest import adapter_channel, frame, headers
 from tests.images import png_bomb
 from tests.system.faults import (
     STACK,
@@ -169,7 +169,7 @@ def test_a_lost_reply_to_a_stored_prediction_is_retried_and_recognised():
 # --------------------------------------------------------------------------- the gRPC adapter's limits
 
 def test_adapter_refuses_oversize_messages_and_bad_images_as_client_errors(stack):
-    with grpc.insecure_channel(stack.adapter, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]) as channel:
+    with adapter_channel(stack.adapter, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]) as channel:
         stub = pb_grpc.ModelServingStub(channel)
         with pytest.raises(grpc.RpcError) as oversize:
             stub.Predict(pb.PredictionRequest(request_id="too-big", image_data=b"\0" * (11 * 1024 * 1024)), timeout=30)

@@ -7,6 +7,11 @@ import uuid
 import pytest
 import requests
 
+from tests.conftest import INTERNAL_HEADERS
+
+internal = requests.Session()  # holds the service token, as the gateway does
+internal.headers.update(INTERNAL_HEADERS)
+
 
 @pytest.fixture(params=["postgresql", "sqlite"])
 def results(request, stack, sqlite_results):
@@ -32,23 +37,23 @@ def test_store_read_access_erase(results):
     user = f"user-{uuid.uuid4().hex[:8]}"
     first, second = record(user_id=user), record(user_id=user)
     for body in (first, second):
-        assert requests.post(f"{results}/predictions", json=body).status_code == 201
-    read = requests.get(f"{results}/predictions/{first['request_id']}").json()
+        assert internal.post(f"{results}/predictions", json=body).status_code == 201
+    read = internal.get(f"{results}/predictions/{first['request_id']}").json()
     assert read["detections"][0]["bbox"]["x_max"] == 110 and read["model_version"] == "1"
     assert user not in str(read) and len(read["user_hash"]) == 64
-    exported = requests.get(f"{results}/predictions/user/{user}").json()
+    exported = internal.get(f"{results}/predictions/user/{user}").json()
     assert exported["count"] == 2
     assert {p["request_id"] for p in exported["predictions"]} == {first["request_id"], second["request_id"]}
-    erased = requests.delete(f"{results}/predictions/user/{user}").json()
+    erased = internal.delete(f"{results}/predictions/user/{user}").json()
     assert erased["deleted"] == 2
-    assert requests.get(f"{results}/predictions/user/{user}").json()["count"] == 0
-    assert requests.get(f"{results}/predictions/{first['request_id']}").status_code == 404
+    assert internal.get(f"{results}/predictions/user/{user}").json()["count"] == 0
+    assert internal.get(f"{results}/predictions/{first['request_id']}").status_code == 404
 
 
 def test_request_id_is_unique(results):
     body = record()
-    assert requests.post(f"{results}/predictions", json=body).status_code == 201
-    again = requests.post(f"{results}/predictions", json=body)
+    assert internal.post(f"{results}/predictions", json=body).status_code == 201
+    again = internal.post(f"{results}/predictions", json=body)
     assert again.status_code == 409 and "already stored" in again.json()["error"]
 
 
@@ -65,34 +70,34 @@ def test_request_id_is_unique(results):
 ])
 def test_invalid_records_are_refused_and_not_stored(results, change, field):
     body = record(**change)
-    answer = requests.post(f"{results}/predictions", json=body)
+    answer = internal.post(f"{results}/predictions", json=body)
     assert answer.status_code == 400 and field in answer.json()["error"], answer.text
     if isinstance(body["request_id"], str) and " " not in body["request_id"]:
-        assert requests.get(f"{results}/predictions/{body['request_id']}").status_code == 404
+        assert internal.get(f"{results}/predictions/{body['request_id']}").status_code == 404
 
 
 def test_non_json_bodies(results):
-    assert requests.post(f"{results}/predictions", data="x", headers={"Content-Type": "text/plain"}).status_code == 415
-    assert requests.post(f"{results}/predictions", data="{", headers={"Content-Type": "application/json"}).status_code == 400
-    assert requests.post(f"{results}/predictions", json=[1]).status_code == 400
+    assert internal.post(f"{results}/predictions", data="x", headers={"Content-Type": "text/plain"}).status_code == 415
+    assert internal.post(f"{results}/predictions", data="{", headers={"Content-Type": "application/json"}).status_code == 400
+    assert internal.post(f"{results}/predictions", json=[1]).status_code == 400
 
 
 def test_hostile_user_ids_are_just_hashed(results):
     for user in ("'; DROP TABLE predictions; --", "$(rm -rf /)", "../../etc/passwd", "\u202eevil", "ü" * 200):
         body = record(user_id=user)
-        assert requests.post(f"{results}/predictions", json=body).status_code == 201
+        assert internal.post(f"{results}/predictions", json=body).status_code == 201
         quoted = requests.utils.quote(user, safe="")
-        exported = requests.get(f"{results}/predictions/user/{quoted}").json()
+        exported = internal.get(f"{results}/predictions/user/{quoted}").json()
         assert exported["count"] == 1, user
-        assert requests.delete(f"{results}/predictions/user/{quoted}").json()["deleted"] == 1
+        assert internal.delete(f"{results}/predictions/user/{quoted}").json()["deleted"] == 1
 
 
 def test_sqlite_erasure_leaves_no_residue(sqlite_results):
     url, db_file = sqlite_results
     marker = f"residue-{uuid.uuid4().hex}"
     body = record(user_id="residue-user", model_version=marker[:32])
-    assert requests.post(f"{url}/predictions", json=body).status_code == 201
-    assert requests.delete(f"{url}/predictions/user/residue-user").json()["deleted"] >= 1
+    assert internal.post(f"{url}/predictions", json=body).status_code == 201
+    assert internal.delete(f"{url}/predictions/user/residue-user").json()["deleted"] >= 1
     for path in [db_file, db_file.with_name(db_file.name + "-wal")]:
         if path.exists():
             assert marker[:32].encode() not in path.read_bytes(), path

@@ -25,7 +25,7 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import KEYS, REPO_ROOT
+from tests.conftest import INTERNAL_TOKEN, KEYS, REPO_ROOT
 from tests.system.schemathesis_hooks import FUZZ_SUBJECT
 
 CHECKS = ",".join([
@@ -107,7 +107,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(stack, servi
          "--checks", CHECKS, "--max-examples", MAX_EXAMPLES, "--phases", PHASES,
          "--workers", "1", "--seed", "20261129", "--no-shrink", "--request-timeout", "60",
          "--report", "har", "--report-har-path", str(har), "--report-preserve-bytes",
-         *(["-H", f"X-API-Key: {KEYS[key]}"] if key else [])],
+         # an internal service is called as the gateway calls it: with the service token
+         *(["-H", f"X-API-Key: {KEYS[key]}"] if key else ["-H", f"X-Internal-Token: {INTERNAL_TOKEN}"])],
         capture_output=True, text=True, timeout=900, cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "SCHEMATHESIS_HOOKS": "tests.system.schemathesis_hooks"})
     elapsed = time.monotonic() - started

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common.explain import iou
 from services.proto import model_serving_pb2 as pb
 from services.proto import model_serving_pb2_grpc as pb_grpc
-from tests.conftest import DATA_DIR, frame, headers
+from tests.conftest import DATA_DIR, adapter_channel, frame, headers
 
 
 def ground_truth(name: str) -> list[list[float]]:
@@ -41,7 +41,7 @@ def test_every_health_endpoint(stack, http):
         assert answer.status_code == 200, (port, path, answer.text)
     assert http.get(stack.url("FEATURE_PORT", "/health")).json()["status"] == "healthy"
     assert http.get(stack.url("RESULTS_PORT", "/health")).json()["status"] == "healthy"
-    with grpc.insecure_channel(stack.adapter) as channel:
+    with adapter_channel(stack.adapter) as channel:
         standard = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="modelserving.ModelServing"))
         assert standard.status == health_pb2.HealthCheckResponse.SERVING
         seed = pb_grpc.ModelServingStub(channel).HealthCheck(pb.HealthCheckRequest())
@@ -137,7 +137,7 @@ def test_triton_serves_the_contract_signature(stack):
 
 
 def test_adapter_predicts_and_refuses_bad_images(stack):
-    with grpc.insecure_channel(stack.adapter) as channel:
+    with adapter_channel(stack.adapter) as channel:
         stub = pb_grpc.ModelServingStub(channel)
         answer = stub.Predict(pb.PredictionRequest(request_id="grpc-1", image_data=frame(), user_id="nb-user"))
         assert answer.request_id == "grpc-1" and answer.detections and answer.model_version

@@ -122,7 +122,61 @@ def test_feature_cost_stays_flat_for_large_uploads():
     from services.feature_service.features import analysis_image
 
     big = encode(Image.open(io.BytesIO(frame())).resize((6760, 3800)), "JPEG", quality=80)
-    drafted = check_image(big, analysis_side=320).rgb
-    assert drafted.size == (845, 475)  # libjpeg's largest reduction, 1/8
+    drafted = check_image(big, max_pixels=40_000_000, analysis_side=320).rgb
+    # libjpeg's largest reduction (1/8, 845x475), then halved to the analysis scale
+    assert drafted.size == (423, 238)
     assert analysis_image(drafted).size == (423, 238)
-    assert analysis_image(check_image(encode(Image.new("RGB", (6760, 3800)), "PNG")).rgb).size == (423, 238)
+    assert analysis_image(check_image(encode(Image.new("RGB", (6760, 3800)), "PNG"), 10 << 20, 40_000_000).rgb).size \
+        == (423, 238)
+    # a PNG (no reduced-scale decode) is reduced right after decoding, before any conversion
+    rgba = encode(Image.new("RGBA", (3380, 1900), (10, 20, 30, 128)), "PNG")
+    assert check_image(rgba, analysis_side=320).rgb.size == (423, 238)
+
+
+# --- the pixel budget by mode, Pillow's own guard, foreign formats ------------------------
+
+def test_pillows_bomb_guard_stays_on():
+    from PIL import Image as PILImage
+
+    import services.common.images  # noqa: F401 - sets the guard at import
+
+    assert PILImage.MAX_IMAGE_PIXELS is not None and PILImage.MAX_IMAGE_PIXELS >= 89_478_485
+
+
+@pytest.mark.parametrize("mode,fill", [("RGBA", (1, 2, 3, 4)), ("LA", (1, 2)), ("I;16", 300), ("CMYK", (1, 2, 3, 4))])
+def test_costly_modes_count_double(mode, fill):
+    image = Image.new(mode, (100, 100), fill)
+    data = encode(image, "TIFF" if mode == "CMYK" else "PNG")
+    assert check_image(data, max_pixels=20_000).width == 100
+    with pytest.raises(ImageRejected) as refused:
+        check_image(data, max_pixels=19_999)
+    assert refused.value.status == 413 and f"mode {mode}" in refused.value.message
+    assert check_image(encode(Image.new("RGB", (100, 100)), "PNG"), max_pixels=10_000).width == 100
+
+
+def test_a_transparent_palette_counts_double_and_turns_white():
+    palette = Image.new("P", (100, 100), 3)
+    palette.putpalette([10, 20, 30] * 256)
+    data = encode(palette, "PNG", transparency=3)
+    with pytest.raises(ImageRejected):
+        check_image(data, max_pixels=19_999)
+    assert check_image(data, max_pixels=20_000).rgb.getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_a_foreign_format_is_never_identified():
+    import struct
+
+    psd = (b"8BPS" + struct.pack(">H", 1) + b"\0" * 6 + struct.pack(">HIIHH", 3, 64, 64, 8, 3)
+           + struct.pack(">III", 0, 0, 0) + struct.pack(">H", 0) + b"\0" * 64 * 64 * 3)
+    with pytest.raises(ImageRejected) as refused:
+        check_image(psd)
+    assert refused.value.status == 415 and "PSD by its signature" in refused.value.message
+    assert "unsupported image format" not in refused.value.message
+
+
+def test_sixteen_bit_greyscale_keeps_its_picture():
+    ramp = (np.arange(256, dtype=np.uint16)[None, :] * 257).repeat(4, 0)  # 8-bit values spread to 16 bits
+    rgb = check_image(encode(Image.fromarray(ramp), "PNG")).rgb
+    assert [rgb.getpixel((x, 0))[0] for x in (0, 1, 128, 255)] == [0, 1, 128, 255]
+    small = check_image(encode(Image.fromarray(np.full((4, 4), 200, dtype=np.uint16)), "PNG")).rgb
+    assert small.getpixel((0, 0)) == (200, 200, 200)  # 8-bit values stored in 16 bits stay as they are
