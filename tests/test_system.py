@@ -21,7 +21,7 @@ import requests
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from services.common.web import INTERNAL_TOKEN_HEADER, internal_token  # noqa: E402
+from services.common.service_token import GRPC_TOKEN_KEY, INTERNAL_TOKEN_HEADER, caller_headers  # noqa: E402
 from services.proto import model_serving_pb2 as pb  # noqa: E402  (make proto)
 from services.proto import model_serving_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -45,9 +45,13 @@ def gateway_url(path):
 
 
 def _internal_headers():
-    """The feature and results services may require the internal service token (docs/reliability.md)."""
-    token = internal_token()
-    return {INTERNAL_TOKEN_HEADER: token} if token else {}
+    """The feature and results services and the adapter accept only holders of the service
+    token ($INTERNAL_TOKEN, or the stack's $VAR_DIR/secrets/internal_token)."""
+    return caller_headers()
+
+
+def _grpc_metadata():
+    return [(GRPC_TOKEN_KEY, caller_headers()[INTERNAL_TOKEN_HEADER])]
 
 
 def _key(role):
@@ -118,9 +122,9 @@ def test_end_to_end_prediction():
     # 3. Appeler le model serving (gRPC, the seed's proto)
     with grpc.insecure_channel(f"127.0.0.1:{_port('MODEL_SERVING_PORT', '50051')}") as channel:
         stub = pb_grpc.ModelServingStub(channel)
-        assert stub.HealthCheck(pb.HealthCheckRequest(), timeout=10).status == "SERVING"
+        assert stub.HealthCheck(pb.HealthCheckRequest(), timeout=10, metadata=_grpc_metadata()).status == "SERVING"
         prediction = stub.Predict(pb.PredictionRequest(request_id=f"seed-grpc-{uuid.uuid4().hex}", image_data=image,
-                                                       user_id="seed-test-user"), timeout=30)
+                                                       user_id="seed-test-user"), timeout=30, metadata=_grpc_metadata())
     # 4. Vérifier le résultat: the labelled car is found
     boxes = [[d.bbox.x_min, d.bbox.y_min, d.bbox.x_max, d.bbox.y_max] for d in prediction.detections]
     assert prediction.model_version and prediction.inference_time_ms > 0

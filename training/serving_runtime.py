@@ -240,7 +240,7 @@ class OpenVinoDetector:
         self.floor = raw_floor(self.calibration, float(self.meta.get("score_floor", 0.05)))
         self.description = f"OpenVINO {ov.__version__} {precision.upper()} on CPU, {threads} thread(s), {streams} stream(s)"
 
-    def with_new_request(self) -> "OpenVinoDetector":
+    def with_new_request(self) -> OpenVinoDetector:
         """A view sharing the compiled model with its own infer request (one per client thread)."""
         clone = object.__new__(OpenVinoDetector)
         clone.__dict__.update(self.__dict__)

@@ -153,9 +153,9 @@ def files(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def base_command(args: argparse.Namespace, compose: list[str], profiles: list[str] = ()) -> list[str]:
+def base_command(args: argparse.Namespace, compose: list[str], profiles: list[str] | None = None) -> list[str]:
     command = [*compose, "--env-file", str(args.env_file), "--project-directory", str(REPO_ROOT), *files(args)]
-    for profile in profiles:
+    for profile in profiles or []:
         command += ["--profile", profile]
     return command
 

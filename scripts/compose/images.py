@@ -61,8 +61,8 @@ def pull(image: str, timeout: float) -> bool:
 
 def build_stand_in(base: Base, build_env: dict[str, str]) -> None:
     if base.dockerfile is None:
-        result = subprocess.run(["bash", str(REPO_ROOT / "scripts/compose/local_base.sh"), base.stand_in])
-        if result.returncode != 0:
+        made = subprocess.run(["bash", str(REPO_ROOT / "scripts/compose/local_base.sh"), base.stand_in])
+        if made.returncode != 0:
             raise ImageError(f"{base.variable}: {base.public} cannot be pulled and the local base could not be built")
         return
     build_stand_in(BASES[0], build_env)  # every stand-in starts from the local base

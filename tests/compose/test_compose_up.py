@@ -68,13 +68,13 @@ def test_without_docker_or_any_image_source_compose_up_fails_within_seconds_with
     assert not (tmp_path / ".env").exists(), "wrote secrets before knowing whether anything can run"
 
 
-def test_an_image_that_is_neither_present_nor_pullable_is_named(composed: Composed) -> None:
+def test_an_image_that_is_neither_present_nor_pullable_is_named(engine: None) -> None:
     missing = f"car-detection-none/missing:{uuid.uuid4().hex[:8]}"
     with pytest.raises(images_py.ImageError, match=re.escape(missing)):
         images_py.resolve({"PYTHON_IMAGE": missing}, [], dict(os.environ), pull_timeout=30)
 
 
-def test_an_unhealthy_container_is_named_and_its_log_tail_shown(composed: Composed) -> None:
+def test_an_unhealthy_container_is_named_and_its_log_tail_shown(engine: None) -> None:
     project = f"cd-unhealthy-{uuid.uuid4().hex[:8]}"
     marker = f"the-last-words-{uuid.uuid4().hex[:8]}"
     run = subprocess.run(["docker", "run", "-d", "--label", f"com.docker.compose.project={project}",

@@ -4,6 +4,7 @@ Triton restarted under load, and the retention job."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -70,7 +71,9 @@ def test_every_service_container_logs_ecs_json_with_the_request_id(composed: Com
             except ValueError:
                 pytest.fail(f"{service} logged a line that is not JSON: {line[:300]}")
         assert all("@timestamp" in e and "log.level" in e and "ecs.version" in e for e in events), service
-        assert any(e.get("trace.id") == rid for e in events), f"{service}: no line with trace.id {rid}"
+        # ecs-logging nests dotted fields ({"trace": {"id": ...}}); both spellings are ECS
+        assert any(e.get("trace.id", (e.get("trace") or {}).get("id")) == rid for e in events), \
+            f"{service}: no line with trace.id {rid}"
         assert all("log-subject" not in json.dumps(e) for e in events), f"{service} logged the raw user id"
 
 
@@ -132,6 +135,7 @@ def test_triton_restart_under_load_loses_no_acknowledged_result(composed: Compos
     Every 201 must be readable afterwards; everything else must be a JSON 503/504."""
     total, answered, restarted = 40, [], threading.Event()
     lock = threading.Lock()
+    restarter: list[threading.Thread] = []
 
     def one(i: int) -> tuple[str, int, dict]:
         rid = f"compose-load-{uuid.uuid4()}"
@@ -144,8 +148,10 @@ def test_triton_restart_under_load_loses_no_acknowledged_result(composed: Compos
             answered.append(result)
             if len(answered) == 8 and not restarted.is_set():
                 restarted.set()
-                threading.Thread(target=subprocess.run, args=(["docker", "restart", "-t", "10", composed.container("triton")],),
-                                 kwargs={"capture_output": True}, daemon=True).start()
+                restarter.append(threading.Thread(
+                    target=subprocess.run, args=(["docker", "restart", "-t", "10", composed.container("triton")],),
+                    kwargs={"capture_output": True}, daemon=True))
+                restarter[0].start()
         return result
 
     with ThreadPoolExecutor(4) as pool:
@@ -162,11 +168,12 @@ def test_triton_restart_under_load_loses_no_acknowledged_result(composed: Compos
         assert stored.status_code == 200, (rid, stored.text)
         assert stored.json()["detections"] == body["detections"]
     # The stack heals by itself: Triton becomes healthy again and detections succeed.
+    restarter[0].join(120)
     deadline = time.monotonic() + 600
     while composed.health("triton") != "healthy" and time.monotonic() < deadline:
         time.sleep(3)
     assert composed.health("triton") == "healthy"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while (status := detect(https, composed, f"compose-after-{uuid.uuid4()}", "after").status_code) != 201:
         assert time.monotonic() < deadline, status
         time.sleep(2)
@@ -183,5 +190,5 @@ def test_retention_job_runs_and_deletes_what_is_too_old(composed: Composed, http
     while composed.psql(f"select count(*) from predictions where request_id = '{rid}'") != "0":
         assert time.monotonic() < deadline, "the retention job did not delete a 400-day-old prediction"
         time.sleep(3)
-    events = [json.loads(line) for line in composed.logs("retention-purge", since=since)]
-    assert events and all("@timestamp" in e for e in events)
+    # governance.purge reports each pass in one plain line (not ECS JSON: its CLI's own output).
+    assert any(re.search(r"deleted [1-9]\d* predictions", line) for line in composed.logs("retention-purge", since=since))

@@ -74,7 +74,8 @@ def test_the_summary_page_matches_the_json(pack, browser, stack):
         assert cells[2].text and cells[4].text  # a finding in words and an action
         link = cells[1].find_element("tag name", "a").get_attribute("href")
         assert browser.find_elements("id", link.split("#")[1])  # the line links to its evidence
-    browser.save_screenshot(str(stack.var_dir / "audit_pack.png"))
+    # under var/reports, where the audit's own output lives (the audit flags other image files under var/)
+    browser.save_screenshot(str(stack.var_dir / "reports" / "audit_pack.png"))
 
 
 def test_no_section_is_raw_markdown_or_json_outside_the_appendix(browser, pack):

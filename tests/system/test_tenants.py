@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from services.proto import model_serving_pb2 as pb
-from tests.conftest import KEYS, frame, headers
+from tests.conftest import INTERNAL_HEADERS, KEYS, frame, headers
 from tests.system.tenant_stack import recorded_gateway, rotate_keys, rotated_stack
 
 
@@ -172,11 +172,11 @@ def test_erasure_validates_the_actor_before_deleting_anything(stack, http):
     results, user = stack.url("RESULTS_PORT"), f"actor-{uuid.uuid4().hex[:8]}"
     record = {"request_id": f"a-{uuid.uuid4().hex}", "user_id": user, "model_version": "1", "inference_time_ms": 1.0,
               "detections": [{"class_name": "car", "confidence": 0.9, "bbox": {"x_min": 1, "y_min": 2, "x_max": 3, "y_max": 4}}]}
-    assert http.post(f"{results}/predictions", json=record).status_code == 201
+    assert http.post(f"{results}/predictions", json=record, headers=INTERNAL_HEADERS).status_code == 201
     for bad in ({"X-Actor-Role": "root"}, {"X-Actor-Role": "dpo", "X-Actor-Id": "has space"}):
-        answer = http.delete(f"{results}/predictions/user/{user}", headers=bad)
+        answer = http.delete(f"{results}/predictions/user/{user}", headers={**INTERNAL_HEADERS, **bad})
         assert answer.status_code == 400, answer.text
-        assert http.get(f"{results}/predictions/user/{user}").json()["count"] == 1  # nothing was deleted
+        assert http.get(f"{results}/predictions/user/{user}", headers=INTERNAL_HEADERS).json()["count"] == 1
 
 
 def test_erasure_deletes_and_journals_in_one_transaction(stack, http, db):
@@ -185,7 +185,7 @@ def test_erasure_deletes_and_journals_in_one_transaction(stack, http, db):
     results, user, actor = stack.url("RESULTS_PORT"), f"atomic-{uuid.uuid4().hex[:8]}", f"jfail{uuid.uuid4().hex[:8]}"
     record = {"request_id": f"t-{uuid.uuid4().hex}", "user_id": user, "model_version": "1", "inference_time_ms": 1.0,
               "detections": []}
-    assert http.post(f"{results}/predictions", json=record).status_code == 201
+    assert http.post(f"{results}/predictions", json=record, headers=INTERNAL_HEADERS).status_code == 201
     with db.begin() as connection:
         connection.execute(sa.text(
             "CREATE OR REPLACE FUNCTION refuse_journal() RETURNS trigger AS $$ BEGIN "
@@ -194,13 +194,15 @@ def test_erasure_deletes_and_journals_in_one_transaction(stack, http, db):
             f"CREATE TRIGGER refuse_{actor} BEFORE INSERT ON audit_events FOR EACH ROW "
             f"WHEN (NEW.actor_id = '{actor}') EXECUTE FUNCTION refuse_journal()"))
     try:
-        failed = http.delete(f"{results}/predictions/user/{user}", headers={"X-Actor-Role": "dpo", "X-Actor-Id": actor})
+        failed = http.delete(f"{results}/predictions/user/{user}",
+                             headers={**INTERNAL_HEADERS, "X-Actor-Role": "dpo", "X-Actor-Id": actor})
         assert failed.status_code >= 500 and failed.json()["error"]
-        assert http.get(f"{results}/predictions/user/{user}").json()["count"] == 1  # rolled back
+        assert http.get(f"{results}/predictions/user/{user}", headers=INTERNAL_HEADERS).json()["count"] == 1
     finally:
         with db.begin() as connection:
             connection.execute(sa.text(f"DROP TRIGGER refuse_{actor} ON audit_events"))
-    done = http.delete(f"{results}/predictions/user/{user}", headers={"X-Actor-Role": "dpo", "X-Actor-Id": actor})
+    done = http.delete(f"{results}/predictions/user/{user}",
+                       headers={**INTERNAL_HEADERS, "X-Actor-Role": "dpo", "X-Actor-Id": actor})
     assert done.status_code == 200 and done.json()["deleted"] == 1
     assert [e["action"] for e in journal(db, actor_id=actor)] == ["erasure"]
 
