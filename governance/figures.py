@@ -53,10 +53,23 @@ def measured() -> dict[str, Any]:
             if isinstance(block.get(key), (int, float)):
                 values[key].append(float(block[key]))
     cv = meta.get("crossval") or {}
-    for block in [cv.get("pooled") or {}, cv.get("worst_block") or {}, *(cv.get("blocks") or [])]:
+    for block in [cv.get("pooled") or {}, cv.get("worst_block") or {}, *(cv.get("blocks") or []),
+                  *((cv.get("pooled") or {}).get("slices") or {}).values()]:
         for key in values:
             if isinstance(block.get(key), (int, float)):
                 values[key].append(float(block[key]))
+    spread = cv.get("spread") or {}
+    for key in ("ap50", "ap50_95"):
+        values[key] += [float(spread[k]) for k in (f"{key}_std", f"{key}_min") if isinstance(spread.get(k), (int, float))]
+    gate = (meta.get("runtime") or {}).get("int8_gate") or {}
+    for precision in ("fp32", "int8"):
+        for block in [(gate.get(precision) or {}).get("pooled") or {}, *((gate.get(precision) or {}).get("blocks") or [])]:
+            for key in values:
+                if isinstance(block.get(key), (int, float)):
+                    values[key].append(float(block[key]))
+    for key, drop in (gate.get("drops") or {}).items():
+        if isinstance(drop, (int, float)):
+            values["ap50_95" if "ap50_95" in key else "ap50"].append(float(drop))
     cal = meta.get("calibration") or {}
     values["ece"] += [float(cal[k]) for k in ("ece_before", "ece_after") if isinstance(cal.get(k), (int, float))]
     if isinstance(meta.get("operating_precision"), (int, float)):
@@ -92,7 +105,10 @@ def check_text(name: str, text: str, m: dict[str, Any]) -> tuple[int, list[dict[
 
     lines = text.splitlines()
     header: list[str] | None = None
+    section_of_other_version = False
     for number, line in enumerate(lines, start=1):
+        if line.startswith("#"):  # a heading naming another version scopes its whole section
+            section_of_other_version = number > 3 and _other_version(line, m["version"])
         cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.lstrip().startswith("|") else None
         if cells is None:
             header = None
@@ -101,7 +117,7 @@ def check_text(name: str, text: str, m: dict[str, Any]) -> tuple[int, list[dict[
             continue
         elif set("".join(cells)) <= set("-: "):
             continue
-        other = _other_version(line, m["version"])
+        other = section_of_other_version or _other_version(line, m["version"])
         if name == "MODEL_CARD.md" and (title := re.match(r"#\s.*?\bv(\d+)\b", line)) and number <= 3:
             judge(number, "model card version", title.group(1), title.group(1) == str(m["version"]), m["version"])
         for model_id in re.findall(r"car_detector-v\d+-[0-9a-f]{12}", line):
@@ -139,11 +155,11 @@ def generated_block(m: dict[str, Any]) -> str:
                     f"{val.get('ap50_95', 0):.3f}, précision {val.get('precision', 0):.3f}, rappel {val.get('recall', 0):.3f}, "
                     f"F1 {val.get('f1', 0):.3f}")
     cv = meta.get("crossval")
-    rows.append("- Validation croisée : AP50 {:.3f}, AP50-95 {:.3f} ({} blocs ; écart-type AP50 {})".format(
-        cv["pooled"]["ap50"], cv["pooled"]["ap50_95"], cv.get("k"), cv.get("spread", {}).get("ap50_std"))
+    rows.append("- Validation croisée : AP50 {:.3f}, AP50-95 {:.3f} ({} blocs ; écart-type AP50 {:.3f})".format(
+        cv["pooled"]["ap50"], cv["pooled"]["ap50_95"], cv.get("k"), float(cv.get("spread", {}).get("ap50_std") or 0.0))
         if isinstance(cv, dict) and cv.get("pooled") else "- Validation croisée : non mesurée pour cette version")
     cal = meta.get("calibration")
-    rows.append(f"- Calibration ({cal.get('method')}) : ECE {cal.get('ece_before')} avant, {cal.get('ece_after')} après"
+    rows.append(f"- Calibration ({cal.get('method')}) : ECE {float(cal.get('ece_before') or 0):.3f} avant, {float(cal.get('ece_after') or 0):.3f} après"
                 if isinstance(cal, dict) else "- Calibration : non mesurée pour cette version")
     return "\n".join([BEGIN, *rows, END])
 

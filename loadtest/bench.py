@@ -363,7 +363,7 @@ def ensure_stack() -> bool:
 # ---------------------------------------------------------------------------- report
 
 def _value(rows: dict, path: str, concurrency: int, field: str = "images_per_s") -> float:
-    return next((r[field] for r in rows.get(path, []) if r["concurrency"] == concurrency), float("nan"))
+    return next((r.get(field, float("nan")) for r in rows.get(path, []) if r["concurrency"] == concurrency), float("nan"))
 
 
 def verdicts(report: dict) -> list[dict]:

@@ -355,8 +355,11 @@ def test_threshold_and_model_version_agree_between_compose_kubernetes_and_the_co
     Its operating threshold applies everywhere: the code's default defers to it, and neither
     compose nor the ConfigMap sets another (an explicit override must equal it)."""
     model_dir = REPO_ROOT / "model_repository" / "car_detector"
-    assert "latest: { num_versions: 1 }" in (model_dir / "config.pbtxt").read_text()
-    newest = max(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    policy = (model_dir / "config.pbtxt").read_text()
+    pinned = re.search(r"^version_policy: \{ specific: \{ versions: \[ ([0-9, ]+) \] \} \}", policy, re.M)
+    assert pinned or "latest: { num_versions: 1 }" in policy, "one served version: the newest, or the registry's pin"
+    newest = (max(int(v) for v in pinned.group(1).split(",")) if pinned
+              else max(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()))
     threshold = float(json.loads((model_dir / str(newest) / "model_metadata.json").read_text())["operating_threshold"])
     code = _code_default("CONFIDENCE_THRESHOLD")
     assert code == "None" or float(code) == threshold, f"code default {code}, model v{newest}: {threshold}"

@@ -60,7 +60,7 @@ def _row(c: int, ips: float, p95: float = 100.0) -> dict:
 
 
 def test_verdicts_pass_fail_and_missing() -> None:
-    report = {"stack_rss_mb": 2000.0, "results": {
+    report = {"stack_rss_mb": 1200.0, "results": {
         "in_process": [_row(16, 40.0)], "triton_direct": [_row(16, 36.0), _row(4, 30.0)],
         "gateway": [_row(4, 15.0, p95=180.0)], "naive_baseline": [_row(4, 5.0)]}}
     verdicts = {v["target"]: v for v in bench.verdicts(report)}

