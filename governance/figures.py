@@ -159,7 +159,8 @@ def generated_block(m: dict[str, Any]) -> str:
         cv["pooled"]["ap50"], cv["pooled"]["ap50_95"], cv.get("k"), float(cv.get("spread", {}).get("ap50_std") or 0.0))
         if isinstance(cv, dict) and cv.get("pooled") else "- Validation croisée : non mesurée pour cette version")
     cal = meta.get("calibration")
-    rows.append(f"- Calibration ({cal.get('method')}) : ECE {float(cal.get('ece_before') or 0):.3f} avant, {float(cal.get('ece_after') or 0):.3f} après"
+    rows.append(f"- Calibration ({cal.get('method')}) : ECE {float(cal.get('ece_before') or 0):.3f} avant, "
+                f"{float(cal.get('ece_after') or 0):.3f} après"
                 if isinstance(cal, dict) else "- Calibration : non mesurée pour cette version")
     return "\n".join([BEGIN, *rows, END])
 
