@@ -27,6 +27,8 @@ import sqlalchemy as sa
 from services.proto import model_serving_pb2 as pb
 from services.proto import model_serving_pb2_grpc as pb_grpc
 from tests.conftest import (
+    INTERNAL_HEADERS,
+    INTERNAL_METADATA,
     REPO_ROOT,
     frame,
     free_port,
@@ -92,7 +94,7 @@ def test_results_service_5xx_means_503_and_nothing_stored(broken_gateway, sqlite
     with sqlite3.connect(db_file) as connection:
         connection.execute("ALTER TABLE predictions RENAME TO predictions_away")
     try:
-        probed = requests.post(f"{url}/predictions", json=record(), timeout=30)
+        probed = requests.post(f"{url}/predictions", json=record(), headers=INTERNAL_HEADERS, timeout=30)
         assert probed.status_code >= 500, (probed.status_code, probed.text)  # a real 5xx from the real service
         request_ids = [f"r5xx-{uuid.uuid4().hex[:12]}" for _ in range(3)]
         for request_id in request_ids:
@@ -103,7 +105,7 @@ def test_results_service_5xx_means_503_and_nothing_stored(broken_gateway, sqlite
         with sqlite3.connect(db_file) as connection:
             connection.execute("ALTER TABLE predictions_away RENAME TO predictions")
     for request_id in request_ids:
-        assert requests.get(f"{url}/predictions/{request_id}", timeout=30).status_code == 404
+        assert requests.get(f"{url}/predictions/{request_id}", headers=INTERNAL_HEADERS, timeout=30).status_code == 404
 
 
 # --------------------------------------------------------------------------- the feature relay
@@ -134,7 +136,7 @@ def test_detect_without_features_when_the_feature_service_answers_5xx(broken_gat
     request_id = f"nofeat-{uuid.uuid4().hex[:12]}"
     answer = _detect(broken_gateway, request_id)
     assert answer.status_code == 201 and answer.json()["features"] is None and answer.json()["detections"], answer.text
-    stored = requests.get(f"{sqlite_results[0]}/predictions/{request_id}", timeout=30).json()
+    stored = requests.get(f"{sqlite_results[0]}/predictions/{request_id}", headers=INTERNAL_HEADERS, timeout=30).json()
     assert stored["features"] is None and stored["detections"] == answer.json()["detections"]
 
 
@@ -185,7 +187,8 @@ def test_adapter_min_confidence_filters_the_models_scores(stack):
 
         def scores(min_confidence: float, image: str = "vid_4_10000.jpg") -> list[float]:
             answer = stub.Predict(pb.PredictionRequest(request_id=f"minconf-{uuid.uuid4().hex[:8]}", user_id="u",
-                                                       image_data=frame(image), min_confidence=min_confidence), timeout=60)
+                                                       image_data=frame(image), min_confidence=min_confidence), timeout=60,
+                                 metadata=INTERNAL_METADATA)
             return [d.confidence for d in answer.detections]
 
         floor, default = scores(0.05), scores(0.0)  # 0 = unset: the served version's operating threshold

@@ -37,6 +37,9 @@ def live(tmp_path_factory) -> dict:
         if (source / name).exists():
             shutil.copytree(source / name, model / name, ignore=shutil.ignore_patterns("__pycache__"))
     config = (source / "config.pbtxt").read_text().replace("count: 2", "count: 1")  # one instance: faster loads
+    # Versions 1 and 2 only, so the newest of them is served whatever the committed registry pins.
+    config = re.sub(r"^# governance: version_policy.*\n", "", config, flags=re.M)
+    config = re.sub(r"^version_policy: .*$", "version_policy: { latest: { num_versions: 1 } }", config, flags=re.M)
     (model / "config.pbtxt").write_text(config)
     http_port, grpc_port = free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MODEL_REPOSITORY": str(folder / "repository"),
