@@ -12,7 +12,6 @@ where things are.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -22,7 +21,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from services.common.config import REPO_ROOT, Settings, settings
+from services.common.config import REPO_ROOT, Settings, create_secret_file, settings
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 CONF = REPO_ROOT / "scripts" / "supervisord.conf"
 START_TIMEOUT_S = float(os.environ.get("STACK_START_TIMEOUT_S", "240"))
@@ -143,14 +142,7 @@ def _secret_file(env: dict[str, str], name: str) -> None:
     if env.get(name) or env.get(f"{name}_FILE"):
         return
     path = var_dir(env) / "secrets" / name.lower()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_hex(32))
+    create_secret_file(path)
     env[f"{name}_FILE"] = str(path)
 
 

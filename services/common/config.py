@@ -190,6 +190,18 @@ def var_dir() -> Path:
     return path
 
 
+def create_secret_file(path: Path, generate_bytes: int = 32) -> None:
+    """A fresh random secret at `path` (mode 0600) unless the file exists. O_EXCL: when
+    several processes start at once, exactly one writes it."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_hex(generate_bytes))
+
+
 def secret(name: str, generate_bytes: int = 32) -> str:
     """A secret from `$NAME`, else from the file named by `$NAME_FILE`, else from
     `var/secrets/<name>` (generated on first use, mode 0600) so a fresh clone works
@@ -204,15 +216,7 @@ def secret(name: str, generate_bytes: int = 32) -> str:
     if not path.exists():
         if file_name:
             raise SystemExit(f"configuration error: {name}_FILE={file_name} does not exist")
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # O_EXCL: when several workers start at once, exactly one writes the secret.
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_hex(generate_bytes))
+        create_secret_file(path, generate_bytes)
     for _ in range(50):  # another worker may be between create and write
         value = path.read_text().strip()
         if value:
