@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,8 @@ def live(tmp_path_factory) -> dict:
     http_port, grpc_port = free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MODEL_REPOSITORY": str(folder / "repository"),
            "TRITON_HTTP_PORT": str(http_port), "TRITON_GRPC_PORT": str(grpc_port), "TRITON_METRICS_PORT": str(free_port()),
-           "MODEL_REGISTRY_PATH": str(folder / "registry.json"), "TRITON_HTTP_URL": f"127.0.0.1:{http_port}"}
+           "MODEL_REGISTRY_PATH": str(folder / "registry.json"), "TRITON_HTTP_URL": f"127.0.0.1:{http_port}",
+           "TRITON_ADMIN_KEY": "live-registry-" + uuid.uuid4().hex}
     process = spawn([str(REPO_ROOT / "services" / "triton" / "run.sh")], env, folder / "triton.log")
     try:
         ready = wait_until(lambda: requests.get(f"http://127.0.0.1:{http_port}/v2/models/car_detector/ready",
@@ -66,7 +68,8 @@ def registry(live: dict, *args: str) -> subprocess.CompletedProcess:
 
 
 def served(live: dict) -> list[str]:
-    index = requests.post(f"{live['http']}/v2/repository/index", json={}, timeout=10).json()
+    index = requests.post(f"{live['http']}/v2/repository/index", json={}, timeout=10,  # a restricted API
+                          headers={"triton-admin-key": live["env"]["TRITON_ADMIN_KEY"]}).json()
     return sorted(m["version"] for m in index if m["name"] == "car_detector" and m.get("state") == "READY")
 
 
