@@ -150,9 +150,11 @@ def test_no_raw_user_id_in_any_log_but_its_hash(stack, traced):
     assert any(field(e, "user.hash") == expected for e in gateway), "the user's keyed hash is not logged"
     results = events(log_dir(stack) / "results-service.jsonl")
     assert any(field(e, "event.action") == "erasure" and field(e, "user.hash") == expected for e in results)
-    # The URL held the raw id: its access line carries the route template and the hash instead.
-    access = [e for e in results if field(e, "event.action") == "http.request" and field(e, "user.hash") == expected]
-    assert access and all(field(e, "url.path") == "/predictions/user/<path:user_id>" for e in access)
+    # The seed's URL held the raw id: the gateway's access line carries the route template and
+    # the hash instead, and past the gateway only the hash travels, in a body, never in a URL.
+    access = [e for e in gateway if field(e, "event.action") == "http.request" and field(e, "user.hash") == expected]
+    assert {field(e, "url.path") for e in access} >= {"/api/results/predictions/user/<path:user_id>"}, access
+    assert not any(expected in str(field(e, "url.path")) for e in results if field(e, "event.action") == "http.request")
 
 
 # --- metrics -----------------------------------------------------------------------------------------
