@@ -545,7 +545,8 @@ def test_rate_limit_holds_across_gunicorn_workers(stack, tmp_path):
         assert statuses.count(200) == 10 and statuses.count(429) == 20, statuses
         # Both workers answered some of them: with one worker, or one doing all the work,
         # per-worker counting would also give exactly 10.
-        served_by = wait_until(lambda: _pids_that_logged(tmp_path / "gateway.log", "rate-limited", 30), 15)
+        # (the access lines name the route template: the raw user id is never logged)
+        served_by = wait_until(lambda: _pids_that_logged(tmp_path / "gateway.log", "/api/results/predictions/user/<path:user_id>", 30), 15)
         assert served_by and len(served_by) == 2, served_by
         limited = next(a for a in answers if a.status_code == 429)
         assert int(limited.headers["Retry-After"]) >= 0
