@@ -189,8 +189,9 @@ def model_checks(model: dict[str, Any], data_drift: dict[str, Any]) -> list[dict
                          {"k": cv.get("k"), "gap_frames": cv.get("gap_frames"), "pooled": pooled, "spread": spread,
                           "worst_block": worst},
                          f"k-block cross-validation recorded in model_metadata.json; AP50 spread at most {CROSSVAL_MAX_STD}",
-                         f"{cv.get('k')}-block cross-validation: pooled AP50 {pooled.get('ap50')}, AP50-95 "
-                         f"{pooled.get('ap50_95')}; spread (std) {std}; worst block {worst.get('block')} at AP50 {worst.get('ap50')}."))
+                         f"{cv.get('k')}-block cross-validation: pooled AP50 {_r(pooled.get('ap50'))}, AP50-95 "
+                         f"{_r(pooled.get('ap50_95'))}; spread (std) {_r(std)}; worst block {worst.get('block')} at AP50 "
+                         f"{_r(worst.get('ap50'))}."))
     cal = model["calibration"]
     title = "Confidence scores are calibrated (a score of 0.9 means about 90 % are cars)"
     if not isinstance(cal, dict):
@@ -207,7 +208,7 @@ def model_checks(model: dict[str, Any], data_drift: dict[str, Any]) -> list[dict
         out.append(check("calibration", title, status, {k: cal.get(k) for k in ("method", "fitted_on", "ece_before", "ece_after")},
                          f"expected calibration error before and after {cal.get('method')} scaling, fitted out of fold; "
                          f"target ECE at most {CALIBRATION_TARGET_ECE}",
-                         f"{cal.get('method')} calibration: ECE {before} before, {after} after."))
+                         f"{cal.get('method')} calibration: ECE {_r(before)} before, {_r(after)} after."))
     title = "No significant drift of production images from the training baseline"
     if "features" not in data_drift or not data_drift.get("n"):
         out.append(check("data_drift", title, "not_measured", data_drift.get("error", "no stored image features"),
@@ -222,3 +223,8 @@ def model_checks(model: dict[str, Any], data_drift: dict[str, Any]) -> list[dict
                           "No feature drifts significantly") + f" over {data_drift['n']} images"
                          + ("" if data_drift["enough_data"] else f" (fewer than {drift_mod.MIN_SAMPLE}: indicative)") + "."))
     return out
+
+
+def _r(value: object) -> object:
+    """A figure as a person reads it (4 decimals); anything else unchanged."""
+    return round(value, 4) if isinstance(value, float) else value

@@ -105,8 +105,8 @@ def make_plots(report: dict[str, Any], folder: Path) -> dict[str, Plot]:
             centres = (edges[:-1] + edges[1:]) / 2
             fig, ax = plt.subplots(figsize=(4.5, 4))
             ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfectly calibrated")
-            for key, colour, label in (("accuracy_before", "#cf222e", f"before (ECE {cal.get('ece_before')})"),
-                                       ("accuracy_after", "#1a7f37", f"after (ECE {cal.get('ece_after')})")):
+            for key, colour, label in (("accuracy_before", "#cf222e", f"before (ECE {float(cal.get('ece_before') or 0):.3f})"),
+                                       ("accuracy_after", "#1a7f37", f"after (ECE {float(cal.get('ece_after') or 0):.3f})")):
                 values = [np.nan if v is None else v for v in (rel.get(key) or [])]
                 if len(values) == len(centres):
                     ax.plot(centres, values, "o-", color=colour, label=label)
