@@ -44,7 +44,7 @@ status:
 # `make test` until it has passed end to end here (docs/deployment.md), `make test-compose` runs it.
 test: setup lint
 	@bash scripts/install_tools.sh
-	COMPOSE_TESTS=$${COMPOSE_TESTS:-0} $(PY) -m pytest tests
+	COMPOSE_TESTS=$${COMPOSE_TESTS:-0} $(PY) -m pytest tests $$([ "$${COMPOSE_TESTS:-0}" = 1 ] || echo --ignore=tests/compose)
 
 test-deploy: setup
 	@bash scripts/install_tools.sh
