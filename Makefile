@@ -6,6 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PROTO_OUT := services/proto/model_serving_pb2.py
+PYLOGSTASH := var/pylogstash
 DATA_DIR ?= $(abspath ../shared/data/car-object-detection)
 export PYTHONPATH := $(CURDIR)
 export DATA_DIR
@@ -42,7 +43,7 @@ status:
 
 # COMPOSE_TESTS=1 also runs tests/compose (the composed stack, ~10 min); off by default in
 # `make test` until it has passed end to end here (docs/deployment.md), `make test-compose` runs it.
-test: setup lint
+test: setup lint $(PYLOGSTASH)
 	@bash scripts/install_tools.sh
 	COMPOSE_TESTS=$${COMPOSE_TESTS:-0} $(PY) -m pytest tests $$([ "$${COMPOSE_TESTS:-0}" = 1 ] || echo --ignore=tests/compose)
 
@@ -77,10 +78,12 @@ typecheck: setup
 	$(VENV)/bin/mypy
 
 # Own Logstash shipper against python-logstash (docs/observability.md); python-logstash is
-# installed under var/ for the comparison only, it is not a runtime dependency.
-log-shipping-bench: setup
-	$(PY) -m pip install --quiet --target var/pylogstash python-logstash==0.4.8
-	PYTHONPATH=$(CURDIR)/var/pylogstash:$(CURDIR) LOG_BENCH_EVENTS=$${LOG_BENCH_EVENTS:-20000} $(PY) loadtest/log_shipping.py
+# installed under var/ for the comparison (and its test) only, it is not a runtime dependency.
+$(PYLOGSTASH): | $(INSTALLED)
+	$(PY) -m pip install --quiet --target $@ python-logstash==0.4.8
+
+log-shipping-bench: setup $(PYLOGSTASH)
+	PYTHONPATH=$(CURDIR)/$(PYLOGSTASH):$(CURDIR) LOG_BENCH_EVENTS=$${LOG_BENCH_EVENTS:-20000} $(PY) loadtest/log_shipping.py
 
 # docs/configuration.md is generated from the settings declarations (services/common/config.py).
 config-docs: setup

@@ -3,10 +3,17 @@ the python-logstash rows run too when that package is importable."""
 from __future__ import annotations
 
 import importlib.util
+import sys
+from pathlib import Path
 
 import pytest
 
 from loadtest import log_shipping
+
+# `make test` installs python-logstash there (Makefile: PYLOGSTASH); it is not a runtime dependency.
+PYLOGSTASH = Path(__file__).resolve().parents[2] / "var" / "pylogstash"
+if PYLOGSTASH.is_dir() and str(PYLOGSTASH) not in sys.path:
+    sys.path.append(str(PYLOGSTASH))
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +31,6 @@ def test_the_own_shipper_delivers_after_an_outage_and_never_blocks():
     assert row["received"] >= 150 and row["caller_worst_ms"] < 500 and row["stderr_lines"] == 0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("logstash") is None, reason="python-logstash: only `make log-shipping-bench` installs it")
+@pytest.mark.skipif(importlib.util.find_spec("logstash") is None, reason=f"python-logstash: `make test` installs it into {PYLOGSTASH}")
 def test_python_logstash_rows_run():
     assert log_shipping.run("python-logstash", "up")["received"] == 300
