@@ -71,10 +71,11 @@ def preprocess() -> Response:
         if size is None:
             raise ApiError(503, "the model's input size is unknown: no model_metadata.json under MODEL_REPOSITORY "
                                 "and MODEL_INPUT_WIDTH/MODEL_INPUT_HEIGHT unset", {"Retry-After": str(config.RETRY_AFTER_S)})
-        # It needs every pixel: the decode slot covers the full-size picture until it is
-        # resized, not only its decoding.
+        # Decoded at the smallest power-of-two scale that still covers the input size (a
+        # JPEG by libjpeg, the rest reduced before any RGB copy): a 12 MP upload never lives
+        # in a worker as full-size RGB. The slot covers the decode until the resize.
         with decode_slot(header_cost(data)):
-            image = check_image(data)
+            image = check_image(data, analysis_side=max(ANALYSIS_SIDE, *size))
             features = extract_features(image)
             assert image.rgb is not None
             resized = image.rgb.resize(size, Image.Resampling.BILINEAR)
