@@ -48,6 +48,7 @@ SECRETS = {
     "POSTGRES_PASSWORD": lambda: secrets.token_hex(24),
     "METRICS_TOKEN": lambda: secrets.token_hex(32),
     "INTERNAL_TOKEN": lambda: secrets.token_hex(32),
+    "TRITON_ADMIN_KEY": lambda: secrets.token_hex(32),
     "REDIS_PASSWORD": lambda: secrets.token_hex(24),
 }
 

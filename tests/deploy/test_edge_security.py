@@ -174,3 +174,18 @@ def test_secrets_feed_the_service_token_redis_password_and_triton_key() -> None:
     triton = (K8S / "triton.yaml").read_text()
     assert "--grpc-restricted-protocol=model-repository,shared-memory" in triton
     assert "--http-restricted-api=model-repository,shared-memory" in triton
+
+
+def test_compose_keeps_the_service_token_off_tritons_command_line() -> None:
+    """Triton takes its restricted-API key as an argument (visible in `ps`, `docker inspect`):
+    that key is TRITON_ADMIN_KEY of its own, never INTERNAL_TOKEN, and compose-up generates it."""
+    from scripts.compose.compose import SECRETS
+
+    assert "TRITON_ADMIN_KEY" in SECRETS and "TRITON_ADMIN_KEY=" in (REPO_ROOT / ".env.example").read_text()
+    for name in ("docker-compose.yml", "docker-compose.plaintext.yml"):
+        triton = load_yaml(REPO_ROOT / name)["services"]["triton"]
+        arguments = [str(a) for a in triton.get("command", [])]
+        restricted = [a for a in arguments if "restricted" in a]
+        assert len(restricted) == 2, (name, restricted)
+        assert all(":triton-admin-key=${TRITON_ADMIN_KEY:?" in a for a in restricted), (name, restricted)
+        assert not any("INTERNAL_TOKEN" in a for a in arguments), name
