@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Makes sure a Docker engine answers, starting one when none does.
+# Makes sure a Docker engine answers, starting one when none does, and that a compose
+# client is there (Debian's docker-compose is installed, as root, when neither
+# `docker compose` nor docker-compose is).
 #
 #   scripts/compose/engine.sh          # exit 0 once `docker info` answers
 #
@@ -14,16 +16,23 @@ fail() { echo "engine: $*" >&2; exit 1; }
 
 answers() { timeout 10 docker info >/dev/null 2>&1; }
 
+apt_install() {
+  [[ $(id -u) -eq 0 ]] || fail "$1 is missing (as root: apt-get install $2)"
+  command -v apt-get >/dev/null 2>&1 || fail "$1 is missing and apt-get is not available"
+  echo "engine: installing Debian's $2" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get install -y -qq --no-install-recommends "$2" >/dev/null 2>&1 ||
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends "$2" >/dev/null; }; } \
+    || fail "apt-get could not install $2"
+}
+
+if ! { docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1; }; then
+  apt_install "a compose client (docker compose or docker-compose)" docker-compose
+fi
+
 command -v docker >/dev/null 2>&1 && answers && exit 0
 
-if ! command -v dockerd >/dev/null 2>&1; then
-  [[ $(id -u) -eq 0 ]] || fail "no Docker engine answers and dockerd is not installed (as root: apt-get install docker.io)"
-  command -v apt-get >/dev/null 2>&1 || fail "no Docker engine answers, dockerd is not installed and apt-get is not available"
-  echo "engine: installing Debian's docker.io" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  { apt-get update -qq && apt-get install -y -qq --no-install-recommends docker.io >/dev/null; } \
-    || fail "no Docker engine answers and apt-get could not install docker.io"
-fi
+command -v dockerd >/dev/null 2>&1 || apt_install "no Docker engine answers and dockerd" docker.io
 command -v docker >/dev/null 2>&1 || fail "dockerd is installed but the docker client is not"
 [[ $(id -u) -eq 0 ]] || fail "no Docker engine answers and starting dockerd needs root"
 if [[ -n "${DOCKER_HOST:-}" ]]; then
