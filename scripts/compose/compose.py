@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -85,6 +86,62 @@ def ensure_env(path: Path) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write("\n".join(lines) + "\n")
     print(f"compose-up: wrote {', '.join(missing)} to {path}", flush=True)
+
+
+PUBLISHED = re.compile(r'^\s*- "(?:127\.0\.0\.1:)?\$\{([A-Z_]+_PORT):-(\d+)\}:\d+"', re.M)
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def own_published_ports(project: str) -> set[int]:
+    """Host ports this project's running containers hold already (a second `up` keeps them)."""
+    try:
+        listed = subprocess.run(["docker", "ps", "--filter", f"label=com.docker.compose.project={project}",
+                                 "--format", "{{.Ports}}"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return set()
+    held = set()
+    for first, last in re.findall(r":(\d+)(?:-(\d+))?->", listed):  # "127.0.0.1:8000-8002->8000-8002/tcp"
+        held.update(range(int(first), int(last or first) + 1))
+    return held
+
+
+def ensure_host_ports(path: Path) -> None:
+    """Each host port compose publishes, decided once and written to the env file: the
+    default when it is free, else default + 10000 (a developer's own PostgreSQL holds 5432,
+    and compose would fail half-way with "port is already allocated"). Ports already in the
+    env file or the environment are kept as they are."""
+    existing = read_env(path)
+    wanted = dict(PUBLISHED.findall((REPO_ROOT / "docker-compose.yml").read_text()))
+    ours = own_published_ports(existing.get("COMPOSE_PROJECT_NAME", PROJECT))
+    chosen: dict[str, int] = {}
+    for name, default in sorted(wanted.items()):
+        if name in existing or name in os.environ:
+            continue
+        port = next((p for p in (int(default), int(default) + 10000) if p not in chosen.values() and (p in ours or port_free(p))), None)
+        if port is None:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+        if port != int(default):
+            print(f"compose-up: host port {default} is taken; publishing on {port} instead ({name} in {path})",
+                  flush=True)
+        chosen[name] = port
+    if not chosen:
+        return
+    # Before the chosen-images block, which record_images rewrites at the end of the file.
+    head, mark, images_block = path.read_text().partition("\n" + CHOSEN_MARK)
+    lines = [*head.rstrip("\n").splitlines(), "# host ports chosen by make compose-up (the default where it was free)",
+             *(f"{name}={port}" for name, port in chosen.items())]
+    path.write_text("\n".join(lines) + ("\n" + CHOSEN_MARK + images_block if mark else "\n"))
 
 
 def record_images(path: Path, chosen: dict[str, str]) -> None:
@@ -224,6 +281,7 @@ def up(args: argparse.Namespace) -> int:
     if compose is None:
         return fail("neither `docker compose` nor docker-compose is installed (apt-get install docker-compose)")
     ensure_env(args.env_file)
+    ensure_host_ports(args.env_file)
     env_values = read_env(args.env_file)
     project = env_values.get("COMPOSE_PROJECT_NAME", PROJECT)
     profiles = sorted({p for p in map(profile_of, args.service) if p})
