@@ -17,6 +17,8 @@ from typing import Any, Iterator
 
 import yaml
 
+from scripts.compose.compose import SECRETS
+
 from services.common.config import REPO_ROOT
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 COMPOSE_GPU_FILE = REPO_ROOT / "docker-compose.gpu.yml"
@@ -43,7 +45,7 @@ OTHER_PORTS = {"redis": [6379], "prometheus": [9090], "kong": [8800, 9080, 8100]
 LISTEN_PORTS = {**CONTRACT_PORTS, **OTHER_PORTS}
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # services/common/config.py default
-SECRET_VARS = ("PSEUDONYM_KEY", "API_KEYS", "POSTGRES_PASSWORD", "METRICS_TOKEN", "INTERNAL_TOKEN", "REDIS_PASSWORD")
+SECRET_VARS = tuple(SECRETS)  # every ${VAR:?} secret of docker-compose.yml, as compose-up generates them
 
 # The Python services' images: Dockerfile -> (compose service, requirements.in).
 PYTHON_IMAGES = {
