@@ -362,7 +362,7 @@ def ensure_stack() -> bool:
 
 # ---------------------------------------------------------------------------- report
 
-def _value(rows: dict, path: str, concurrency: int, field: str = "images_per_s") -> float:
+def _value(rows: dict, path: str, concurrency: int | None, field: str = "images_per_s") -> float:
     return next((r.get(field, float("nan")) for r in rows.get(path, []) if r["concurrency"] == concurrency), float("nan"))
 
 
@@ -423,9 +423,13 @@ def main() -> int:
         factories: dict[str, Callable[[], Callable[[bytes], None]]] = {}
         for name in list(SELECTED):
             try:
-                if name in BASELINES and baselines.get(name) is None:
-                    raise RuntimeError("not started")
-                factories[name] = baseline(name, baselines[name]) if name in BASELINES else globals()[name]()
+                if name in BASELINES:
+                    process = baselines.get(name)
+                    if process is None:
+                        raise RuntimeError("not started")
+                    factories[name] = baseline(name, process)
+                else:
+                    factories[name] = globals()[name]()
             except Exception as exc:  # noqa: BLE001 - one broken path must not void the others
                 log(f"skipping {name}: {exc}")
                 SELECTED.remove(name)

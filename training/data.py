@@ -175,11 +175,11 @@ def load_kaggle(root: Path) -> Dataset:
             if size is None:
                 continue  # reported once below, with the image list
             try:
-                raw = tuple(float(row[c]) for c in ("xmin", "ymin", "xmax", "ymax"))
+                xmin, ymin, xmax, ymax = (float(row[c]) for c in ("xmin", "ymin", "xmax", "ymax"))
             except (TypeError, ValueError):
                 problems.append(f"{where}: unparsable coordinates {[row.get(c) for c in ('xmin', 'ymin', 'xmax', 'ymax')]}")
                 continue
-            box = clean_box(raw, size[0], size[1], f"{where} ({name})", problems)
+            box = clean_box((xmin, ymin, xmax, ymax), size[0], size[1], f"{where} ({name})", problems)
             if box is None:
                 continue
             boxes.setdefault(name, []).append(box)
@@ -311,7 +311,8 @@ def load_coco(root: Path, json_path: Path | None = None) -> Dataset:
                 return p
         return None
 
-    entries = {}
+    # image id -> (path, (width, height), its boxes, their class indices)
+    entries: dict[object, tuple[Path, tuple[int, int], list[np.ndarray], list[int]]] = {}
     for im in doc.get("images", []):
         p = resolve(im["file_name"])
         if p is None:
