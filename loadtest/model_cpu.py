@@ -26,7 +26,8 @@ def measure(intra: int, calls: int) -> list[dict]:
     """In this process (settings already in the environment): per-image wall and CPU ms."""
     import tensorflow as tf
 
-    from loadtest.bench import frames, latest_savedmodel  # the benchmark's model and frames
+    from loadtest.bench import frames  # the benchmark's frames and model
+    from loadtest.bench_paths import latest_savedmodel
 
     tf.config.threading.set_intra_op_parallelism_threads(intra)
     tf.config.threading.set_inter_op_parallelism_threads(1)
