@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from training.augment import AugmentConfig
-from training.data import Sample
+from training.samples import Sample
 
 log = logging.getLogger("training.fit")
 
