@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from loadtest.bench_model import in_process_openvino  # noqa: F401 - a path by name
+from loadtest.bench_model import in_process_openvino, latest_version_dir  # noqa: F401 - in_process_openvino: a path by name
 from loadtest.bench_stack import ENV, log
 from services.common.config import REPO_ROOT
 
@@ -22,9 +22,7 @@ BASELINES = {"naive_baseline": ("seed", NAIVE_PORT), "flask_savedmodel": ("saved
 
 
 def latest_savedmodel() -> Path:
-    versions = sorted((p for p in (REPO_ROOT / "model_repository/car_detector").iterdir() if p.name.isdigit()),
-                      key=lambda p: int(p.name))
-    return versions[-1] / "model.savedmodel"
+    return latest_version_dir() / "model.savedmodel"
 
 
 def in_process() -> Callable[[], Callable[[bytes], None]]:
