@@ -143,6 +143,13 @@ class _Clients:
     def _run(self, index: int) -> None:
         raise NotImplementedError
 
+    def _request_ids(self, index: int) -> Iterator[str]:
+        """Client `index`'s next request id, until the load is stopped."""
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            yield f"{self.prefix}-{index}-{n}"
+
     def _join_timeout_s(self) -> float:
         return 90.0
 
@@ -164,10 +171,8 @@ class Load(_Clients):
     outcomes: list[Outcome] = field(default_factory=list)
 
     def _run(self, index: int) -> None:
-        session, n = requests.Session(), 0
-        while not self._stop.is_set():
-            n += 1
-            request_id = f"{self.prefix}-{index}-{n}"
+        session = requests.Session()
+        for request_id in self._request_ids(index):
             started = time.perf_counter()
             try:
                 answer = detect(self.stack, self.user_id, request_id, session=session)
@@ -279,10 +284,9 @@ class RetryingLoad(_Clients):
     deliveries: list[Delivery] = field(default_factory=list)
 
     def _run(self, index: int) -> None:
-        session, n = requests.Session(), 0
-        while not self._stop.is_set():
-            n += 1
-            delivery = Delivery(f"{self.prefix}-{index}-{n}")
+        session = requests.Session()
+        for request_id in self._request_ids(index):
+            delivery = Delivery(request_id)
             with self._lock:
                 self.deliveries.append(delivery)
             deadline = time.monotonic() + self.give_up_s
