@@ -70,9 +70,10 @@ test-compose: setup
 test-unit: setup
 	$(PY) -m pytest tests/unit
 
-# Lint is enforced (make test runs it); `ruff format` is configured in pyproject.toml but not enforced.
+# Lint (ruff, then mypy) is enforced: make test runs it; `ruff format` is configured in pyproject.toml but not enforced.
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 typecheck: setup
 	$(VENV)/bin/mypy

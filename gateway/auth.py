@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,14 +34,8 @@ def default_keys_file() -> Path:
 
 
 def ensure_keys_file(path: Path) -> None:
-    """Write one fresh key per role, once (O_EXCL: concurrent workers agree on one file)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    with os.fdopen(fd, "w") as handle:
-        handle.write(",".join(f"{role}-{secrets.token_urlsafe(24)}:{role}" for role in ROLES) + "\n")
+    """Write one fresh key per role, once (concurrent workers agree on one file)."""
+    config.write_secret_once(path, ",".join(f"{role}-{secrets.token_urlsafe(24)}:{role}" for role in ROLES) + "\n")
 
 
 def parse_keys(spec: str) -> dict[bytes, Principal]:

@@ -178,8 +178,7 @@ def model_checks(model: dict[str, Any], data_drift: dict[str, Any]) -> list[dict
     cv = model["crossval"]
     title = "Accuracy cross-validated on held-out blocks of frames"
     if not isinstance(cv, dict):
-        out.append(check("model_validation", title, "not_measured", f"no crossval in v{model['version']}'s model_metadata.json",
-                         "model_metadata.json of the served version", f"Cross-validation: {NOT_MEASURED} for v{model['version']}."))
+        out.append(_not_in_metadata("model_validation", title, "crossval", "Cross-validation", model["version"]))
     else:
         pooled, spread, worst = cv.get("pooled") or {}, cv.get("spread") or {}, cv.get("worst_block") or {}
         std = spread.get("ap50_std")
@@ -195,8 +194,7 @@ def model_checks(model: dict[str, Any], data_drift: dict[str, Any]) -> list[dict
     cal = model["calibration"]
     title = "Confidence scores are calibrated (a score of 0.9 means about 90 % are cars)"
     if not isinstance(cal, dict):
-        out.append(check("calibration", title, "not_measured", f"no calibration in v{model['version']}'s model_metadata.json",
-                         "model_metadata.json of the served version", f"Calibration: {NOT_MEASURED} for v{model['version']}."))
+        out.append(_not_in_metadata("calibration", title, "calibration", "Calibration", model["version"]))
     else:
         before, after = cal.get("ece_before"), cal.get("ece_after")
         if not isinstance(after, (int, float)) or not isinstance(before, (int, float)):
@@ -223,6 +221,12 @@ def model_checks(model: dict[str, Any], data_drift: dict[str, Any]) -> list[dict
                           "No feature drifts significantly") + f" over {data_drift['n']} images"
                          + ("" if data_drift["enough_data"] else f" (fewer than {drift_mod.MIN_SAMPLE}: indicative)") + "."))
     return out
+
+
+def _not_in_metadata(check_id: str, title: str, key: str, label: str, version: object) -> dict[str, Any]:
+    """The check of a figure the served version's model_metadata.json does not hold (`key`)."""
+    return check(check_id, title, "not_measured", f"no {key} in v{version}'s model_metadata.json",
+                 "model_metadata.json of the served version", f"{label}: {NOT_MEASURED} for v{version}.")
 
 
 def _r(value: object) -> object:

@@ -27,7 +27,13 @@ def make_plots(report: dict[str, Any], folder: Path) -> dict[str, Plot]:
     plots: dict[str, Plot] = {}
     usage, perf, model = report["usage"], report["performance"], report.get("model", {})
 
-    def save(fig: Any, name: str, title: str, caption: str, section: str) -> None:
+    def save(fig: Any, ax: Any, axes: tuple[str, str], name: str, title: str, caption: str, section: str,
+             legend_size: int | None = None) -> None:
+        """Label the axes (x, y) and, given a font size, draw the legend; then write and record the plot."""
+        ax.set_xlabel(axes[0])
+        ax.set_ylabel(axes[1])
+        if legend_size is not None:
+            ax.legend(fontsize=legend_size)
         fig.suptitle(title, fontsize=11)
         fig.tight_layout()
         path = folder / f"{name}.png"
@@ -43,18 +49,13 @@ def make_plots(report: dict[str, Any], folder: Path) -> dict[str, Plot]:
         ax.bar(x + 0.2, [usage["per_day"][d]["server_errors"] + usage["per_day"][d]["client_errors"] for d in days], 0.4,
                label="gateway 4xx + 5xx", color="#cf222e")
         ax.set_xticks(x, days, rotation=45, fontsize=7)
-        ax.set_xlabel("day (UTC)")
-        ax.set_ylabel("count")
-        ax.legend(fontsize=8)
-        save(fig, "per_day", "Predictions and errors per day",
+        save(fig, ax, ("day (UTC)", "count"), "per_day", "Predictions and errors per day",
              "Look for days where errors rise against predictions (an outage or a misbehaving client) and for "
-             "gaps (the service was down or unused).", "usage")
+             "gaps (the service was down or unused).", "usage", legend_size=8)
     if usage["class_distribution"]:
         fig, ax = plt.subplots(figsize=(5, 3))
         ax.bar(list(usage["class_distribution"]), list(usage["class_distribution"].values()), color="#3a7bd5")
-        ax.set_xlabel("class")
-        ax.set_ylabel("detections")
-        save(fig, "classes", "Detections per class",
+        save(fig, ax, ("class", "detections"), "classes", "Detections per class",
              "The model knows one class (car): any other bar means a model other than the documented one answered.",
              "usage")
     hist = perf["confidence"]["histogram"]
@@ -62,9 +63,7 @@ def make_plots(report: dict[str, Any], folder: Path) -> dict[str, Plot]:
         fig, ax = plt.subplots(figsize=(6, 3))
         ax.bar(list(hist), list(hist.values()), color="#3a7bd5")
         ax.tick_params(axis="x", labelrotation=45, labelsize=7)
-        ax.set_xlabel("confidence score")
-        ax.set_ylabel("stored detections")
-        save(fig, "confidence", "Confidence of stored detections",
+        save(fig, ax, ("confidence score", "stored detections"), "confidence", "Confidence of stored detections",
              "A mass that moves towards the threshold over time means the images look less like the training "
              "frames; read a score as a probability only if the calibration check passes.", "performance")
     lat = perf["model_inference_ms"]
@@ -75,12 +74,9 @@ def make_plots(report: dict[str, Any], folder: Path) -> dict[str, Plot]:
         e2e = perf["gateway_detect_end_to_end_ms"]
         if e2e["n"]:
             ax.plot(labels, [e2e[k] for k in labels], "o-", color="#cf222e", label="gateway end to end")
-        ax.set_xlabel("statistic")
-        ax.set_ylabel("milliseconds")
-        ax.legend(fontsize=8)
-        save(fig, "latency", "Latency of detections",
+        save(fig, ax, ("statistic", "milliseconds"), "latency", "Latency of detections",
              "The gap between the two series is the cost of the services around the model; a p99 far above the p95 "
-             "means occasional stalls.", "performance")
+             "means occasional stalls.", "performance", legend_size=8)
     feats = perf["data_drift"].get("features", {})
     scored = {k: v["psi"] for k, v in feats.items() if v["psi"] is not None}
     if scored:
@@ -90,13 +86,10 @@ def make_plots(report: dict[str, Any], folder: Path) -> dict[str, Plot]:
         ax.plot(list(scored), [feats[k].get("noise_floor", 0) for k in scored], "k_", markersize=14, label="sampling noise")
         ax.axhline(0.1, ls="--", color="#9a6700", lw=1, label="0.1 moderate")
         ax.axhline(0.25, ls="--", color="#cf222e", lw=1, label="0.25 significant")
-        ax.legend(fontsize=7)
         ax.tick_params(axis="x", labelrotation=45, labelsize=7)
-        ax.set_xlabel("image feature")
-        ax.set_ylabel("PSI vs training baseline")
-        save(fig, "drift", "Data drift: PSI per image feature",
+        save(fig, ax, ("image feature", "PSI vs training baseline"), "drift", "Data drift: PSI per image feature",
              "Red bars (PSI above 0.25 after the sampling noise) are features whose production distribution left "
-             "the training one: the model's validated figures may not hold there.", "model")
+             "the training one: the model's validated figures may not hold there.", "model", legend_size=7)
     cal = model.get("calibration")
     if isinstance(cal, dict) and isinstance(cal.get("reliability"), dict):
         rel = cal["reliability"]
@@ -112,10 +105,9 @@ def make_plots(report: dict[str, Any], folder: Path) -> dict[str, Plot]:
                     ax.plot(centres, values, "o-", color=colour, label=label)
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1)
-            ax.set_xlabel("confidence score (bin centre)")
-            ax.set_ylabel("share of detections that are cars")
             ax.legend(fontsize=7, loc="upper left")
-            save(fig, "reliability", f"Reliability diagram ({cal.get('method')} calibration)",
+            save(fig, ax, ("confidence score (bin centre)", "share of detections that are cars"), "reliability",
+                 f"Reliability diagram ({cal.get('method')} calibration)",
                  "Points on the diagonal mean a score of 0.9 is right about 90 % of the time; points below it are "
                  "over-confident scores.", "model")
     cv = model.get("crossval")
@@ -127,10 +119,7 @@ def make_plots(report: dict[str, Any], folder: Path) -> dict[str, Plot]:
         ax.bar(x + 0.2, [b.get("ap50_95") or 0 for b in blocks], 0.4, label="AP50-95", color="#8250df")
         ax.set_xticks(x, [f"{b.get('block')}\n{b.get('first_frame')}-{b.get('last_frame')}" for b in blocks], fontsize=7)
         ax.set_ylim(0, 1)
-        ax.set_xlabel("held-out block (frames)")
-        ax.set_ylabel("average precision")
-        ax.legend(fontsize=7)
-        save(fig, "crossval", "Cross-validated AP per held-out block",
+        save(fig, ax, ("held-out block (frames)", "average precision"), "crossval", "Cross-validated AP per held-out block",
              "Blocks far below the others are parts of the drive the model handles worse; the spread is the "
-             "uncertainty of the pooled figure.", "model")
+             "uncertainty of the pooled figure.", "model", legend_size=7)
     return plots

@@ -103,7 +103,7 @@ def load_baseline(path: Path | None = None) -> dict[str, Any] | None:
 
 def drift(baseline: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     """PSI per feature of production feature rows against the baseline."""
-    per_feature = {}
+    per_feature: dict[str, dict[str, Any]] = {}
     for name, base in baseline["features"].items():
         values = [float(r[name]) for r in rows if isinstance(r, dict) and isinstance(r.get(name), (int, float))]
         if not values:
@@ -133,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("check")
     args = parser.parse_args(argv)
     if args.command == "baseline":
-        baseline = build_baseline(args.data)
-        baseline_path().write_text(json.dumps(baseline, indent=2) + "\n")
-        print(f"baseline of {baseline['images']} training frames written to {baseline_path()}")
+        built = build_baseline(args.data)
+        baseline_path().write_text(json.dumps(built, indent=2) + "\n")
+        print(f"baseline of {built['images']} training frames written to {baseline_path()}")
         return 0
     from datetime import timedelta
 

@@ -21,7 +21,7 @@ import psutil
 
 from services.common.config import REPO_ROOT
 
-from loadtest import bench  # noqa: E402
+from loadtest import bench, bench_paths, bench_stack  # noqa: E402
 
 # Matched against each process's command line, first match wins (the stubs' command line
 # names the model repository, so they are matched before tritonserver's own binary).
@@ -38,7 +38,7 @@ def service_of(process: psutil.Process) -> str:
 def cpu_seconds() -> dict[int, tuple[str, float]]:
     """Per live stack process: (service, user + system CPU seconds so far)."""
     seen = {}
-    for process in bench.stack_processes():
+    for process in bench_stack.stack_processes():
         try:
             times = process.cpu_times()
             seen[process.pid] = (service_of(process), times.user + times.system)
@@ -57,12 +57,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args()
-    started = bench.ensure_stack()
+    started = bench_stack.ensure_stack()
     try:
         images = bench.frames(16)
-        bench.measure(bench.gateway(), images, args.concurrency, 3)  # warm every worker and cache
+        bench.measure(bench_paths.gateway(), images, args.concurrency, 3)  # warm every worker and cache
         before, client_before = cpu_seconds(), own_cpu_seconds()
-        run = bench.measure(bench.gateway(), images, args.concurrency, args.seconds)
+        run = bench.measure(bench_paths.gateway(), images, args.concurrency, args.seconds)
         after, client_after = cpu_seconds(), own_cpu_seconds()
         summary = bench.summarise([run], args.concurrency)
         served = summary["requests"]
@@ -77,7 +77,7 @@ def main() -> int:
         per_service["load client (this process)"] = client_after - client_before
         print(f"gateway at concurrency {args.concurrency} for {args.seconds:.0f} s: {served} requests, "
               f"{summary['images_per_s']} images/s, p50 {summary['p50_ms']} ms, p95 {summary['p95_ms']} ms; "
-              f"{bench.cpu_description()}, {psutil.cpu_count()} cores\n")
+              f"{bench_stack.cpu_description()}, {psutil.cpu_count()} cores\n")
         print("| process | CPU ms per request |\n|---|---:|")
         for service, seconds in sorted(per_service.items(), key=lambda item: -item[1]):
             print(f"| {service} | {1000 * seconds / served:.1f} |")
@@ -88,7 +88,7 @@ def main() -> int:
         return 0
     finally:
         if started:
-            subprocess.run([sys.executable, str(REPO_ROOT / "scripts/stack.py"), "down"], env=bench.ENV,
+            subprocess.run([sys.executable, str(REPO_ROOT / "scripts/stack.py"), "down"], env=bench_stack.ENV,
                            stdout=subprocess.DEVNULL)
 
 

@@ -20,32 +20,40 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
+
+
+def per_image_ms(run: Callable[[], object], batch: int, calls: int) -> dict:
+    """Wall and CPU ms per image over `calls` runs of one batch of `batch` images."""
+    for _ in range(3):  # tracing and memory set-up are not the model's steady cost
+        run()
+    before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for _ in range(calls):
+        run()
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return {"batch": batch, "wall_ms_per_image": round(1000 * wall / calls / batch, 1),
+            "cpu_ms_per_image": round(1000 * cpu / calls / batch, 1)}
+
+
+def _batch(files: list[bytes], size: int) -> list[bytes]:
+    return [files[i % len(files)] for i in range(size)]
 
 
 def measure(intra: int, calls: int) -> list[dict]:
     """In this process (settings already in the environment): per-image wall and CPU ms."""
     import tensorflow as tf
 
-    from loadtest.bench import frames, latest_savedmodel  # the benchmark's model and frames
+    from loadtest.bench import frames  # the benchmark's frames and model
+    from loadtest.bench_paths import latest_savedmodel
 
     tf.config.threading.set_intra_op_parallelism_threads(intra)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     serve = tf.saved_model.load(str(latest_savedmodel())).signatures["serving_default"]
     files = frames(8)
-    rows = []
-    for batch in (1, 4):
-        images = tf.constant([files[i % len(files)] for i in range(batch)])
-        for _ in range(3):  # tracing and memory set-up are not the model's steady cost
-            serve(images=images)
-        before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        for _ in range(calls):
-            serve(images=images)
-        wall = time.perf_counter() - started
-        after = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-        rows.append({"batch": batch, "wall_ms_per_image": round(1000 * wall / calls / batch, 1),
-                     "cpu_ms_per_image": round(1000 * cpu / calls / batch, 1)})
-    return rows
+    return [per_image_ms(partial(serve, images=tf.constant(_batch(files, size))), size, calls) for size in (1, 4)]
 
 
 def measure_openvino(precision: str, threads: int, calls: int) -> list[dict]:
@@ -57,20 +65,7 @@ def measure_openvino(precision: str, threads: int, calls: int) -> list[dict]:
     vdir = latest_version_dir()
     det = load_runtime(str(vdir)).OpenVinoDetector(vdir, precision, threads=threads, streams=1)
     files = frames(8)
-    rows = []
-    for batch in (1, 4):
-        images = [files[i % len(files)] for i in range(batch)]
-        for _ in range(3):
-            det.detect(images)
-        before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        for _ in range(calls):
-            det.detect(images)
-        wall = time.perf_counter() - started
-        after = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-        rows.append({"batch": batch, "wall_ms_per_image": round(1000 * wall / calls / batch, 1),
-                     "cpu_ms_per_image": round(1000 * cpu / calls / batch, 1)})
-    return rows
+    return [per_image_ms(partial(det.detect, _batch(files, size)), size, calls) for size in (1, 4)]
 
 
 def openvino_table(calls: int) -> None:

@@ -33,10 +33,10 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from loadtest import bench  # noqa: E402 - the same frames, client and stack handling as make bench
+from loadtest import bench, bench_paths, bench_stack  # noqa: E402 - the same frames, client and stack handling as make bench
 
 MODEL = "car_detector"
-OUT_DIR = Path(bench.ENV["VAR_DIR"]) / "perf"
+OUT_DIR = Path(bench_stack.ENV["VAR_DIR"]) / "perf"
 INTERVAL_MS = int(os.environ.get("PERF_INTERVAL_MS", "4000"))
 BENCH_SECONDS = float(os.environ.get("PERF_BENCH_SECONDS", "5"))
 STABILITY_PERCENT = (20, 50, 100)
@@ -73,7 +73,7 @@ def run_perf_analyzer(binary: str, data_file: Path, concurrency: int, csv_file: 
     said = ""
     for stability in STABILITY_PERCENT:
         csv_file.unlink(missing_ok=True)
-        command = [binary, "-m", MODEL, "-i", "grpc", "-u", f"127.0.0.1:{bench.ENV['TRITON_GRPC_PORT']}",
+        command = [binary, "-m", MODEL, "-i", "grpc", "-u", f"127.0.0.1:{bench_stack.ENV['TRITON_GRPC_PORT']}",
                    "--input-data", str(data_file), "--concurrency-range", f"{concurrency}:{concurrency}",
                    "--measurement-interval", str(INTERVAL_MS), "--stability-percentage", str(stability),
                    "--max-trials", "6", "-f", str(csv_file)]
@@ -84,7 +84,7 @@ def run_perf_analyzer(binary: str, data_file: Path, concurrency: int, csv_file: 
                 return {**next(csv.DictReader(handle)), "Stability Percentage": str(stability)}
         if "stable measurement" not in said:
             break
-        bench.log(f"    not stable within {stability}% in 6 windows; widening the bound")
+        bench_stack.log(f"    not stable within {stability}% in 6 windows; widening the bound")
     sys.exit(f"perf_analyzer failed at concurrency {concurrency}:\n{said}")
 
 
@@ -137,37 +137,37 @@ def main() -> int:
     binary = perf_analyzer_binary()
     images = bench.frames()
     load_before = [round(x, 2) for x in os.getloadavg()]
-    started_stack = bench.ensure_stack()
+    started_stack = bench_stack.ensure_stack()
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     rows, raw = [], []
     try:
-        direct = bench.triton_direct() if BENCH_SECONDS > 0 else None
+        direct = bench_paths.triton_direct() if BENCH_SECONDS > 0 else None
         with tempfile.TemporaryDirectory() as scratch:
             data_file = Path(scratch) / "input.json"
             data_file.write_text(json.dumps(input_data(images)))
             for step, concurrency in enumerate(levels, 1):
-                bench.log(f"[{step}/{len(levels)}] concurrency {concurrency}: perf_analyzer "
-                          f"({INTERVAL_MS} ms windows until stable)...")
+                bench_stack.log(f"[{step}/{len(levels)}] concurrency {concurrency}: perf_analyzer "
+                                f"({INTERVAL_MS} ms windows until stable)...")
                 pa = run_perf_analyzer(binary, data_file, concurrency, Path(scratch) / f"c{concurrency}.csv")
                 raw.append(pa)
                 mine = None
                 if direct:
-                    bench.log(f"[{step}/{len(levels)}] concurrency {concurrency}: bench Triton-direct client "
-                              f"({BENCH_SECONDS:g} s)...")
+                    bench_stack.log(f"[{step}/{len(levels)}] concurrency {concurrency}: bench Triton-direct client "
+                                    f"({BENCH_SECONDS:g} s)...")
                     mine = bench.summarise([bench.measure(direct, images, concurrency, BENCH_SECONDS)], concurrency)
                 rows.append(side_by_side(pa, mine))
                 r = rows[-1]
-                bench.log(f"[{step}/{len(levels)}] concurrency {concurrency}: perf_analyzer "
-                          f"{r['perf_analyzer_images_per_s']} images/s p95 {r['perf_analyzer_p95_ms']} ms"
-                          + (f"; bench {r['bench_images_per_s']} images/s p95 {r['bench_p95_ms']} ms" if mine else ""))
+                bench_stack.log(f"[{step}/{len(levels)}] concurrency {concurrency}: perf_analyzer "
+                                f"{r['perf_analyzer_images_per_s']} images/s p95 {r['perf_analyzer_p95_ms']} ms"
+                                + (f"; bench {r['bench_images_per_s']} images/s p95 {r['bench_p95_ms']} ms" if mine else ""))
     finally:
         if started_stack:
-            subprocess.run([sys.executable, str(REPO_ROOT / "scripts/stack.py"), "down"], env=bench.ENV,
+            subprocess.run([sys.executable, str(REPO_ROOT / "scripts/stack.py"), "down"], env=bench_stack.ENV,
                            stdout=sys.stderr)
     conditions = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu_count": os.cpu_count(),
-                  "cpu": bench.cpu_description(), "load_before": load_before,
+                  "cpu": bench_stack.cpu_description(), "load_before": load_before,
                   "load_after": [round(x, 2) for x in os.getloadavg()], "images": len(images),
-                  "model_version": bench.latest_savedmodel().parent.name,
+                  "model_version": bench_paths.latest_savedmodel().parent.name,
                   "elapsed_s": round(time.perf_counter() - began, 1)}
     with open(OUT_DIR / "perf_analyzer.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(raw[0]))
@@ -181,8 +181,8 @@ def main() -> int:
     (OUT_DIR / "latest.json").write_text(json.dumps({"conditions": conditions, "rows": rows}, indent=2))
     (OUT_DIR / "latest.md").write_text(table + "\n")
     print(table)
-    bench.log(f"\nsaved {OUT_DIR / 'perf_analyzer.csv'}, side_by_side.csv, latest.json and latest.md; "
-              f"{conditions['elapsed_s']:.0f} s in all")
+    bench_stack.log(f"\nsaved {OUT_DIR / 'perf_analyzer.csv'}, side_by_side.csv, latest.json and latest.md; "
+                    f"{conditions['elapsed_s']:.0f} s in all")
     return 0
 
 

@@ -25,7 +25,7 @@ import psutil
 
 from services.common.config import REPO_ROOT
 
-from loadtest import bench  # noqa: E402
+from loadtest import bench, bench_paths, bench_stack  # noqa: E402
 
 MODEL_DIR = REPO_ROOT / "model_repository" / "car_detector"
 BASE_PORT = int(os.environ.get("VARIANTS_BASE_PORT", "38000"))
@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
         if not match:
             sys.exit(f"variant {spec!r}: expected NxT, e.g. 2x2 (N instances, T intra-op threads each)")
         variants.append((spec, int(match[1]), int(match[2])))
-    root = Path(bench.ENV["VAR_DIR"]) / "triton-variants"
+    root = Path(bench_stack.ENV["VAR_DIR"]) / "triton-variants"
     images = bench.frames()
     processes: dict[str, subprocess.Popen] = {}
     results: dict[str, dict] = {}
@@ -86,10 +86,10 @@ def main(argv: list[str]) -> int:
             processes[name] = start(variant_repository(name, count, intra, root), port)
         for index, (name, _, _) in enumerate(variants):
             port = BASE_PORT + 10 * index
-            bench.wait_answering(processes[name], f"http://127.0.0.1:{port}/v2/models/car_detector/ready",
-                                 f"Triton {name}", timeout_s=300)
-            bench.ENV["TRITON_GRPC_PORT"] = str(port + 1)
-            factories[name] = bench.triton_direct()  # the client binds its port now
+            bench_paths.wait_answering(processes[name], f"http://127.0.0.1:{port}/v2/models/car_detector/ready",
+                                       f"Triton {name}", timeout_s=300)
+            bench_stack.ENV["TRITON_GRPC_PORT"] = str(port + 1)
+            factories[name] = bench_paths.triton_direct()  # the client binds its port now
         runs: dict[str, dict[int, list]] = {name: {c: [] for c in bench.CONCURRENCY} for name, _, _ in variants}
         names = [name for name, _, _ in variants]
         for concurrency in bench.CONCURRENCY:
@@ -97,8 +97,8 @@ def main(argv: list[str]) -> int:
                 for name in names if round_ % 2 == 0 else names[::-1]:
                     run = bench.measure(factories[name], images, concurrency, bench.SECONDS)
                     runs[name][concurrency].append(run)
-                    bench.log(f"  c={concurrency:<3} round {round_ + 1}  {name:5} "
-                              f"{len(run['latencies']) / run['wall_s']:7.2f} images/s  errors {len(run['errors'])}")
+                    bench_stack.log(f"  c={concurrency:<3} round {round_ + 1}  {name:5} "
+                                    f"{len(run['latencies']) / run['wall_s']:7.2f} images/s  errors {len(run['errors'])}")
         for name, count, intra in variants:
             results[name] = {"instances": count, "intra_op_threads": intra, "stub_rss_mb": stub_rss_mb(processes[name]),
                              "rows": [bench.summarise(runs[name][c], c) for c in bench.CONCURRENCY]}
@@ -110,7 +110,7 @@ def main(argv: list[str]) -> int:
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
-    report = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu": bench.cpu_description(),
+    report = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu": bench_stack.cpu_description(),
               "cpu_count": os.cpu_count(), "tf_onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1"),
               "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
               "rounds": bench.ROUNDS, "seconds": bench.SECONDS, "variants": results}
@@ -122,7 +122,7 @@ def main(argv: list[str]) -> int:
         print(f"| {name} | {cells} | {result['stub_rss_mb']} |")
     print(f"\n{report['date']}, {report['cpu_count']} cores ({report['cpu']}, TF_ENABLE_ONEDNN_OPTS={report['tf_onednn']}), "
           f"load {load_before} before, {report['load_after']} after, {bench.ROUNDS} interleaved rounds x {bench.SECONDS:g} s")
-    out = Path(bench.ENV["VAR_DIR"]) / "bench" / "triton_variants.json"
+    out = Path(bench_stack.ENV["VAR_DIR"]) / "bench" / "triton_variants.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     return 0

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from training import DEFAULT_DATA_DIR, REPO_ROOT
-from training.data import DataError, Sample, load_dataset
+from training.data import load_dataset
+from training.samples import DataError, Sample
 
 log = logging.getLogger("training.crossval")
 DEFAULT_OUT = REPO_ROOT / "var" / "reports" / "crossval"

@@ -1,24 +1,24 @@
 """Dataset loaders: Kaggle "Car Object Detection" CSV, YOLO and COCO layouts.
 
-Every loader returns a :class:`Dataset`: a list of :class:`Sample` (image path, boxes in
-original image pixels, class indices) plus the class names found in the data. Bad rows
-(missing image, unparsable numbers, x_max <= x_min, box entirely outside the image) are
-skipped, counted and described in ``Dataset.problems`` with the file and row, so a user gets
-a clear message instead of a stack trace. Images that cannot be read are skipped the same way.
+Every loader returns a :class:`Dataset` (training/samples.py): a list of :class:`Sample`
+(image path, boxes in original image pixels, class indices) plus the class names found in the
+data. Bad rows (missing image, unparsable numbers, x_max <= x_min, box entirely outside the
+image) are skipped, counted and described in ``Dataset.problems`` with the file and row, so a
+user gets a clear message instead of a stack trace. Images that cannot be read are skipped the
+same way.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from training.samples import DataError, Dataset, Sample, clean_box
 
 log = logging.getLogger(__name__)
 
@@ -26,67 +26,6 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 KAGGLE_IMAGE_DIR = "training_images"
 KAGGLE_CSV_GLOB = "train_solution_bounding_boxes*.csv"
 DEFAULT_CLASS = "car"
-# Boxes thinner than this (after clipping to the image) carry no usable signal.
-MIN_BOX_SIZE = 1.0
-
-
-class DataError(Exception):
-    """A dataset problem that stops loading (missing folder, no images, unknown layout)."""
-
-
-@dataclass
-class Sample:
-    path: Path
-    width: int
-    height: int
-    boxes: np.ndarray  # float32 [n, 4] x_min, y_min, x_max, y_max in original pixels
-    labels: np.ndarray  # int32 [n] indices into Dataset.class_names
-
-    @property
-    def sort_key(self) -> tuple[str, int, str]:
-        return frame_sort_key(self.path.name)
-
-
-@dataclass
-class Dataset:
-    root: Path
-    layout: str
-    class_names: list[str]
-    samples: list[Sample]
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def num_boxes(self) -> int:
-        return int(sum(len(s.boxes) for s in self.samples))
-
-    def fingerprint(self) -> str:
-        """sha256 over the sorted file list, the image sizes and the annotations.
-
-        It identifies what a model was trained on without hashing gigabytes of pixels.
-        """
-        h = hashlib.sha256()
-        h.update(json.dumps(self.class_names).encode())
-        for s in sorted(self.samples, key=lambda s: s.path.name):
-            h.update(f"{s.path.name}|{s.width}x{s.height}|".encode())
-            h.update(np.round(s.boxes, 2).astype(np.float64).tobytes())
-            h.update(s.labels.astype(np.int64).tobytes())
-        return h.hexdigest()
-
-
-_FRAME_RE = re.compile(r"^(.*?)(\d+)$")
-
-
-def frame_sort_key(name: str) -> tuple[str, int, str]:
-    """(video prefix, frame number, name): ``vid_4_1000.jpg`` sorts as ('vid_4_', 1000).
-
-    Files without a trailing number sort by name within their prefix, so any layout gets a
-    deterministic order for the contiguous split.
-    """
-    stem = Path(name).stem
-    m = _FRAME_RE.match(stem)
-    if m:
-        return (m.group(1), int(m.group(2)), name)
-    return (stem, -1, name)
 
 
 def _image_size(path: Path) -> tuple[int, int] | None:
@@ -100,25 +39,6 @@ def _image_size(path: Path) -> tuple[int, int] | None:
 
 def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def clean_box(
-    box: tuple[float, float, float, float], width: int, height: int, where: str, problems: list[str]
-) -> np.ndarray | None:
-    """Validate one box against its image: reject inverted or outside boxes, clip the rest."""
-    x1, y1, x2, y2 = box
-    if not all(np.isfinite(v) for v in box):
-        problems.append(f"{where}: non-finite coordinate {box}")
-        return None
-    if x2 <= x1 or y2 <= y1:
-        problems.append(f"{where}: x_max <= x_min or y_max <= y_min {tuple(round(v, 1) for v in box)}")
-        return None
-    cx1, cy1 = max(0.0, x1), max(0.0, y1)
-    cx2, cy2 = min(float(width), x2), min(float(height), y2)
-    if cx2 - cx1 < MIN_BOX_SIZE or cy2 - cy1 < MIN_BOX_SIZE:
-        problems.append(f"{where}: box {tuple(round(v, 1) for v in box)} lies outside the {width}x{height} image")
-        return None
-    return np.array([cx1, cy1, cx2, cy2], dtype=np.float32)
 
 
 def _require_dir(path: Path, what: str) -> None:
@@ -175,11 +95,11 @@ def load_kaggle(root: Path) -> Dataset:
             if size is None:
                 continue  # reported once below, with the image list
             try:
-                raw = tuple(float(row[c]) for c in ("xmin", "ymin", "xmax", "ymax"))
+                xmin, ymin, xmax, ymax = (float(row[c]) for c in ("xmin", "ymin", "xmax", "ymax"))
             except (TypeError, ValueError):
                 problems.append(f"{where}: unparsable coordinates {[row.get(c) for c in ('xmin', 'ymin', 'xmax', 'ymax')]}")
                 continue
-            box = clean_box(raw, size[0], size[1], f"{where} ({name})", problems)
+            box = clean_box((xmin, ymin, xmax, ymax), size[0], size[1], f"{where} ({name})", problems)
             if box is None:
                 continue
             boxes.setdefault(name, []).append(box)
@@ -311,7 +231,8 @@ def load_coco(root: Path, json_path: Path | None = None) -> Dataset:
                 return p
         return None
 
-    entries = {}
+    # image id -> (path, (width, height), its boxes, their class indices)
+    entries: dict[object, tuple[Path, tuple[int, int], list[np.ndarray], list[int]]] = {}
     for im in doc.get("images", []):
         p = resolve(im["file_name"])
         if p is None:

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from training import DEFAULT_DATA_DIR, DEFAULT_MODEL_REPOSITORY, MODEL_NAME, REPO_ROOT
-from training.data import DataError, Sample, load_dataset, split_contiguous
+from training.data import load_dataset, split_contiguous
+from training.samples import DataError, Sample
 from training.metrics import ImageResult, clean_nan, evaluate, format_markdown, match_detections, pr_curve
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from training import DEFAULT_DATA_DIR, REPO_ROOT
-from training.data import DataError, Dataset, load_dataset
+from training.data import load_dataset
+from training.samples import DataError, Dataset
 
 DEFAULT_OUT = REPO_ROOT / "var" / "reports" / "dataset"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from training.augment import AugmentConfig
-from training.data import Sample
+from training.samples import Sample
 
 log = logging.getLogger("training.fit")
 
@@ -65,12 +65,12 @@ def load_cache(samples: list[Sample], cache_hw: tuple[int, int]) -> Cache:
     from PIL import Image
 
     arr = np.zeros((len(samples), cache_hw[0], cache_hw[1], 3), np.uint8)
-    boxes, kept = [], []
+    boxes: list[np.ndarray] = []
+    kept: list[Sample] = []
     for s in samples:
         try:
             with Image.open(s.path) as im:
-                im = im.convert("RGB").resize((cache_hw[1], cache_hw[0]), Image.BILINEAR)
-                arr[len(kept)] = np.asarray(im)
+                arr[len(kept)] = np.asarray(im.convert("RGB").resize((cache_hw[1], cache_hw[0]), Image.Resampling.BILINEAR))
         except Exception as e:  # noqa: BLE001 - any decoder failure means "skip this file"
             log.warning("skipping unreadable image %s: %s", s.path, e)
             continue
@@ -131,8 +131,8 @@ class Trainer:
 
         tf.keras.utils.set_random_seed(recipe.seed)
         self.tf, self.recipe, self.class_names = tf, recipe, class_names
-        self.input_hw = tuple(recipe.input_hw)
-        self.out_hw = tuple(recipe.patch_hw) if recipe.patch_hw else self.input_hw
+        self.input_hw = recipe.input_hw
+        self.out_hw = recipe.patch_hw or self.input_hw
         self.model = build_model(self.input_hw, len(class_names), backbone_weights, any_size=self.out_hw != self.input_hw)
         if init_from:
             copy_weights_from_savedmodel(self.model, init_from)

@@ -153,15 +153,15 @@ def choose_threshold(results: list[ImageResult], num_classes: int, grid_step: fl
     to a handful of boxes and lean towards recall, which this project prefers.
     """
     grid = np.round(np.arange(0.1, 0.91, grid_step), 3)
-    f1s = []
+    mean_f1 = []
     for thr in grid:
         vals = []
         for c in range(num_classes):
             s, tp, n = match_detections(results, c, 0.5)
             if n:
                 vals.append(prf_at(s, tp, n, float(thr))["f1"])
-        f1s.append(np.mean(vals) if vals else 0.0)
-    f1s = np.array(f1s)
+        mean_f1.append(np.mean(vals) if vals else 0.0)
+    f1s = np.array(mean_f1)
     best = f1s.max()
     return float(grid[np.argmax(f1s >= best - 0.01)])
 

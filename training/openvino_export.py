@@ -107,11 +107,9 @@ def score_on_blocks(detector, samples: list, blocks: list[list[int]], class_name
             preds.append(r)
     results = to_results(samples, preds, class_names)
     pooled = evaluate(results, class_names, 0.5)
-    out = {"pooled": {"ap50": pooled["ap50"], "ap50_95": pooled["ap50_95"]}, "blocks": []}
-    for b, idx in enumerate(blocks):
-        m = evaluate([results[i] for i in idx], class_names, 0.5)
-        out["blocks"].append({"block": b, "ap50": m["ap50"], "ap50_95": m["ap50_95"]})
-    return out
+    per_block = [evaluate([results[i] for i in idx], class_names, 0.5) for idx in blocks]
+    return {"pooled": {"ap50": pooled["ap50"], "ap50_95": pooled["ap50_95"]},
+            "blocks": [{"block": b, "ap50": m["ap50"], "ap50_95": m["ap50_95"]} for b, m in enumerate(per_block)]}
 
 
 def add_openvino(detector, version_dir: Path, meta: dict, ordered: list, train_samples: list,  # type: ignore[no-untyped-def]

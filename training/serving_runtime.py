@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,7 @@ def write_manifest(version_dir: Path) -> dict:
     return manifest
 
 
-def verify_manifest(version_dir: Path, required: list[str] = ()) -> dict:
+def verify_manifest(version_dir: Path, required: Iterable[str] = ()) -> dict:
     """Raise IntegrityError naming the file unless every listed file (and ``required``) matches."""
     version_dir = Path(version_dir)
     path = version_dir / MANIFEST
@@ -107,7 +108,8 @@ def decode_image(data: bytes) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data)) as opened:
+            im: Image.Image = opened
             if im.format == "JPEG" and im.getexif().get(0x0112, 1) not in (None, 0, 1):
                 im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -176,15 +178,15 @@ def postprocess(heat: np.ndarray, boxes: np.ndarray, scale_xy: np.ndarray, wh: n
     cand_b = boxes[top] * np.tile(scale_xy, 2)[None, :]
     cand_s = heat[top]
     out_b, out_s, out_c = [], [], []
-    for c in range(heat.shape[1]):
-        sel = cand_s[:, c] >= floor
+    for cls in range(heat.shape[1]):
+        sel = cand_s[:, cls] >= floor
         if not sel.any():
             continue
-        b, s = cand_b[sel], cand_s[sel, c]
+        b, s = cand_b[sel], cand_s[sel, cls]
         keep = nms(b, s, NMS_IOU)[:MAX_DETECTIONS]
         out_b.append(b[keep])
         out_s.append(s[keep])
-        out_c.append(np.full(len(keep), c, np.int32))
+        out_c.append(np.full(len(keep), cls, np.int32))
     if not out_b:
         return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32)
     b, s, c = np.concatenate(out_b), np.concatenate(out_s), np.concatenate(out_c)
@@ -250,7 +252,7 @@ class OpenVinoDetector:
     def infer_arrays(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Decoded uint8 RGB images -> per image (boxes, scores, class ids)."""
         results: list = [None] * len(images)
-        groups: dict[tuple[int, int], list[int]] = {}
+        groups: dict[tuple[int, ...], list[int]] = {}
         for i, im in enumerate(images):
             groups.setdefault(im.shape[:2], []).append(i)
         for (h, w), idx in groups.items():
@@ -276,6 +278,10 @@ class OpenVinoDetector:
         for i, (b, s, c) in zip(good, outs):
             results[i] = {"boxes": b, "scores": s, "labels": [self.class_names[k] for k in c]}
         return results
+
+
+# boxes, scores, labels, num_detections of the SavedModel's signature
+SavedModelOutputs = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 class TensorFlowDetector:
@@ -304,11 +310,12 @@ class TensorFlowDetector:
         gpus = tf.config.list_logical_devices("GPU")
         self.description = f"TensorFlow {tf.__version__} SavedModel on {'GPU' if gpus and device != 'cpu' else 'CPU'}, intra {intra}"
 
-    def run(self, files: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def run(self, files: list[bytes]) -> SavedModelOutputs:
         out = self.serve(images=self.tf.constant(files, dtype=self.tf.string))
         return out["boxes"].numpy(), out["scores"].numpy(), out["labels"].numpy(), out["num_detections"].numpy()
 
     def detect(self, files: list[bytes]) -> list[dict | Exception]:
+        groups: list[tuple[list[int], SavedModelOutputs | DecodeError]]
         try:
             groups = [(list(range(len(files))), self.run(files))]
         except self.tf.errors.InvalidArgumentError:

@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 from training import DEFAULT_DATA_DIR, DEFAULT_MODEL_REPOSITORY, REPO_ROOT
-from training.data import DataError, Dataset, Sample, load_dataset, split_contiguous
+from training.data import load_dataset, split_contiguous
+from training.samples import DataError, Dataset, Sample
 
 log = logging.getLogger("training.train")
 DEFAULT_CROSSVAL = REPO_ROOT / "var" / "reports" / "crossval" / "crossval.json"

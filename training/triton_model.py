@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import time
+from types import ModuleType
 
 import numpy as np
 
@@ -37,16 +38,17 @@ except ImportError:  # imported outside Triton (bench, tests): only the helpers 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def load_runtime(version_dir: str):  # type: ignore[no-untyped-def]
+def load_runtime(version_dir: str) -> ModuleType:
     """Import this version's detector_runtime.py under a name of its own (versions may differ)."""
     path = os.path.join(version_dir, "detector_runtime.py")
     name = f"car_detector_runtime_{abs(hash(os.path.abspath(path)))}"
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None  # a .py path always gets a source loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    spec.loader.exec_module(module)
     return module
 
 

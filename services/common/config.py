@@ -190,16 +190,21 @@ def var_dir() -> Path:
     return path
 
 
-def create_secret_file(path: Path, generate_bytes: int = 32) -> None:
-    """A fresh random secret at `path` (mode 0600) unless the file exists. O_EXCL: when
-    several processes start at once, exactly one writes it."""
+def write_secret_once(path: Path, text: str) -> None:
+    """`text` at `path` (mode 0600) unless the file exists. O_EXCL: when several
+    processes start at once, exactly one writes it."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return
     with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_hex(generate_bytes))
+        handle.write(text)
+
+
+def create_secret_file(path: Path, generate_bytes: int = 32) -> None:
+    """A fresh random secret at `path` unless the file exists."""
+    write_secret_once(path, secrets.token_hex(generate_bytes))
 
 
 def secret(name: str, generate_bytes: int = 32) -> str:

@@ -109,6 +109,7 @@ def check_image(data: bytes, max_bytes: int | None = None, max_pixels: int | Non
             f"image is {width}x{height} = {width * height} pixels{counted}, above the limit of {max_pixels} pixels", 413
         )
     fmt, mode = image.format, image.mode
+    assert fmt is not None  # set by the plugin that opened the file, one of ACCEPTED_FORMATS
     orientation = _orientation(image)
     if orientation in (5, 6, 7, 8):  # a quarter turn: the upright picture is taller than wide
         width, height = height, width

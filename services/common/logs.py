@@ -204,11 +204,11 @@ class LogstashShipper(logging.Handler):
             self._thread = threading.Thread(target=self._run, name="logstash-shipper", daemon=True)
             self._thread.start()
 
-    def flush(self, timeout_s: float = 0.5) -> bool:
-        """Wait (bounded) until everything queued so far was sent; True if it was."""
+    def flush(self, timeout_s: float = 0.5) -> None:
+        """Wait (bounded) until everything queued so far was sent."""
         if self._thread is None or self._pid != os.getpid():
-            return True
-        return self._idle.wait(timeout_s)
+            return
+        self._idle.wait(timeout_s)
 
     def close(self) -> None:
         # Called at exit by logging.shutdown(): give queued events a short chance to leave.

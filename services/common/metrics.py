@@ -24,6 +24,7 @@ import hmac
 import os
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -90,8 +91,8 @@ def _factories() -> dict[str, Callable[[], Any]]:
                                             "Detections served without image features (feature service down)"),
     }
     for name, buckets in FEATURE_BUCKETS.items():
-        made[f"feature:{name}"] = (lambda n=name, b=buckets: Histogram(
-            f"image_{n}", f"Image feature {n} of served requests (drift)", buckets=b, unit=FEATURE_UNITS.get(n, "")))
+        made[f"feature:{name}"] = partial(Histogram, f"image_{name}", f"Image feature {name} of served requests (drift)",
+                                          buckets=buckets, unit=FEATURE_UNITS.get(name, ""))
     return made
 
 
@@ -130,12 +131,17 @@ def observe_prediction(code: str, seconds: float, model_version: str = "",
         _m("inference_latency").labels(version).observe(inference_seconds)
     count = 0
     for item in detections:
-        name = str(item.get("class_name") if isinstance(item, Mapping) else getattr(item, "class_name", ""))
-        confidence = float(item.get("confidence") if isinstance(item, Mapping) else getattr(item, "confidence", 0.0))
+        name = str(_field(item, "class_name", ""))
+        confidence = float(_field(item, "confidence", 0.0))
         _m("detections").labels(name, version).inc()
         _m("confidence").labels(name).observe(confidence)
         count += 1
     _m("per_image").observe(count)
+
+
+def _field(detection: Any, name: str, default: Any) -> Any:
+    """A detection: the adapter's protobuf message, or a mapping with the same fields."""
+    return detection.get(name) if isinstance(detection, Mapping) else getattr(detection, name, default)
 
 
 def observe_grpc_predict(context: Any, response: Any, seconds: float) -> None:

@@ -12,12 +12,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask.json.provider import DefaultJSONProvider
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from services.common import config, metrics
 from services.common.images import ImageRejected
@@ -47,8 +49,9 @@ class ApiError(Exception):
 def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     response = jsonify({"error": message, "request_id": g.get("request_id")})
     response.status_code = status
-    response.headers.update(headers or {})
-    if "Retry-After" in (headers or {}):
+    headers = headers or {}
+    response.headers.update(headers)
+    if "Retry-After" in headers:
         g.retry_after = headers["Retry-After"]  # restored in _finish (flask-limiter rewrites it)
     return response
 
@@ -120,6 +123,7 @@ def create_app(service_name: str, ready_checks: dict[str, Callable[[], None]] | 
     app = Flask(service_name)
     # Multipart framing adds a little to the image itself.
     app.config["MAX_CONTENT_LENGTH"] = config.MAX_UPLOAD_BYTES + 64 * 1024
+    assert isinstance(app.json, DefaultJSONProvider)  # Flask's own, never replaced here
     app.json.sort_keys = False
     checks = ready_checks or {}
     expected_token = internal_token() if internal else ""  # read once, not per request
@@ -182,7 +186,7 @@ def create_app(service_name: str, ready_checks: dict[str, Callable[[], None]] | 
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Response:
-        headers = {"Allow": ", ".join(error.valid_methods)} if getattr(error, "valid_methods", None) else {}
+        headers = {"Allow": ", ".join(error.valid_methods)} if isinstance(error, MethodNotAllowed) and error.valid_methods else {}
         return json_error(error.code or 500, error.description or error.name, headers)
 
     @app.errorhandler(Exception)
@@ -213,19 +217,25 @@ def create_app(service_name: str, ready_checks: dict[str, Callable[[], None]] | 
     return app
 
 
+@dataclass
+class _LastProbe:
+    at: float = -math.inf  # time.monotonic() of the last probe; -inf: none yet
+    failures: dict[str, str] = field(default_factory=dict)
+
+
 def _cached_probe(checks: dict[str, Callable[[], None]], log: Any) -> Callable[[], dict[str, str]]:
     """`/ready` is unauthenticated: its dependency probes run at most once per
     READY_CACHE_S per process, and while one probe is in flight (a hanging dependency
     takes its full timeout) other callers get the last answer instead of waiting, so a
     flood of /ready calls costs neither the dependencies nor the worker's threads."""
-    lock, cached = threading.Lock(), {"at": -math.inf, "failures": {}}
+    lock, cached = threading.Lock(), _LastProbe()
 
     def probe() -> dict[str, str]:
-        if not lock.acquire(blocking=cached["at"] == -math.inf):  # the very first probe: wait for it
-            return cached["failures"]
+        if not lock.acquire(blocking=cached.at == -math.inf):  # the very first probe: wait for it
+            return cached.failures
         try:
-            if time.monotonic() - cached["at"] < config.READY_CACHE_S:
-                return cached["failures"]
+            if time.monotonic() - cached.at < config.READY_CACHE_S:
+                return cached.failures
             failures = {}
             for name, check in checks.items():
                 try:
@@ -235,7 +245,7 @@ def _cached_probe(checks: dict[str, Callable[[], None]], log: Any) -> Callable[[
                     own = isinstance(exc, (ApiError, RuntimeError))
                     failures[name] = (str(exc) if own else "") or type(exc).__name__
                     log.warning("not ready: %s: %s", name, exc, extra={"event.action": "ready"})
-            cached.update(at=time.monotonic(), failures=failures)
+            cached.at, cached.failures = time.monotonic(), failures
             return failures
         finally:
             lock.release()

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import psycopg2
 import pytest
@@ -123,12 +124,12 @@ class Outcome:
 
 
 @dataclass
-class Load:
-    """N clients sending detects in a loop until stopped, each with its own request ids."""
+class _Clients:
+    """`users` client threads, each running `_run(its index)` from the start of the `with`
+    block to its end."""
     stack: object
     users: int
-    prefix: str = field(default_factory=lambda: f"load-{uuid.uuid4().hex[:8]}")
-    outcomes: list[Outcome] = field(default_factory=list)
+    prefix: str  # starts every request id and the user id; each kind of load has its default
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -140,10 +141,38 @@ class Load:
         return f"{self.prefix}-subject"
 
     def _run(self, index: int) -> None:
-        session, n = requests.Session(), 0
+        raise NotImplementedError
+
+    def _request_ids(self, index: int) -> Iterator[str]:
+        """Client `index`'s next request id, until the load is stopped."""
+        n = 0
         while not self._stop.is_set():
             n += 1
-            request_id = f"{self.prefix}-{index}-{n}"
+            yield f"{self.prefix}-{index}-{n}"
+
+    def _join_timeout_s(self) -> float:
+        return 90.0
+
+    def __enter__(self) -> Self:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self._join_timeout_s())
+
+
+@dataclass
+class Load(_Clients):
+    """N clients sending detects in a loop until stopped, each with its own request ids."""
+    prefix: str = field(default_factory=lambda: f"load-{uuid.uuid4().hex[:8]}")
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def _run(self, index: int) -> None:
+        session = requests.Session()
+        for request_id in self._request_ids(index):
             started = time.perf_counter()
             try:
                 answer = detect(self.stack, self.user_id, request_id, session=session)
@@ -160,16 +189,6 @@ class Load:
                 outcome = Outcome(request_id, f"bad 5xx: {error}", time.perf_counter() - started)
             with self._lock:
                 self.outcomes.append(outcome)
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(90)
 
     def count(self, status: int | str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
@@ -255,31 +274,19 @@ class Delivery:
 
 
 @dataclass
-class RetryingLoad:
+class RetryingLoad(_Clients):
     """N clients sending detects in a loop; after an ambiguous failure each retries the
     *same* request id (as docs/reliability.md tells clients to) until it gets 201, or 409
     (an earlier attempt stored it), or `give_up_s` passes. A delivery under way when the
     load is stopped is finished, so every request id ends known."""
-    stack: object
-    users: int
     give_up_s: float = 120.0
     prefix: str = field(default_factory=lambda: f"hard-{uuid.uuid4().hex[:8]}")
     deliveries: list[Delivery] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(self.users)]
-
-    @property
-    def user_id(self) -> str:
-        return f"{self.prefix}-subject"
-
     def _run(self, index: int) -> None:
-        session, n = requests.Session(), 0
-        while not self._stop.is_set():
-            n += 1
-            delivery = Delivery(f"{self.prefix}-{index}-{n}")
+        session = requests.Session()
+        for request_id in self._request_ids(index):
+            delivery = Delivery(request_id)
             with self._lock:
                 self.deliveries.append(delivery)
             deadline = time.monotonic() + self.give_up_s
@@ -302,15 +309,8 @@ class RetryingLoad:
                     break
                 time.sleep(0.3)
 
-    def __enter__(self) -> RetryingLoad:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(self.give_up_s + 60)
+    def _join_timeout_s(self) -> float:
+        return self.give_up_s + 60  # a delivery under way is finished, retries included
 
     def acknowledged(self) -> int:
         with self._lock:

@@ -1,8 +1,8 @@
 """Alembic migrations of the results database, on PostgreSQL (a throwaway database on the
 local server) and on SQLite: from an empty database and from the schema as it was before
-migrations existed (frozen below), the result equals the store's tables exactly (Alembic's
-own comparison finds no difference), rows survive, and the results service applies them
-at start."""
+migrations existed (revision 0001's tables), the result equals the store's tables exactly
+(Alembic's own comparison finds no difference), rows survive, and the results service
+applies them at start."""
 from __future__ import annotations
 
 import subprocess
@@ -15,44 +15,15 @@ import requests
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
+from services.results_service.migrations import alembic_config
 from tests.conftest import PG_ADMIN_DSN, REPO_ROOT, free_port, gunicorn_command, recreate_database, wait_until
 
 PSEUDONYM_KEY = "migration-test-key"
 
-# The schema of services/results_service/store.py before revision 0001 existed (create_all).
-legacy = sa.MetaData()
-sa.Table("predictions", legacy,
-         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-         sa.Column("request_id", sa.String(128), nullable=False, unique=True),
-         sa.Column("user_hash", sa.String(64), nullable=False, index=True),
-         sa.Column("client_id", sa.String(64), nullable=False, server_default=""),
-         sa.Column("detections", sa.JSON, nullable=False),
-         sa.Column("detection_count", sa.Integer, nullable=False),
-         sa.Column("features", sa.JSON, nullable=True),
-         sa.Column("model_name", sa.String(64), nullable=False, server_default="car_detector"),
-         sa.Column("model_version", sa.String(32), nullable=False),
-         sa.Column("inference_time_ms", sa.Float, nullable=False),
-         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True))
-sa.Table("audit_events", legacy,
-         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-         sa.Column("at", sa.DateTime(timezone=True), nullable=False, index=True),
-         sa.Column("action", sa.String(32), nullable=False),
-         sa.Column("actor_role", sa.String(16), nullable=False),
-         sa.Column("actor_id", sa.String(64), nullable=False),
-         sa.Column("user_hash", sa.String(64), nullable=True, index=True),
-         sa.Column("request_id", sa.String(128), nullable=True),
-         sa.Column("record_count", sa.Integer, nullable=False, server_default="0"))
-sa.Table("feedback", legacy,
-         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-         sa.Column("request_id", sa.String(128), nullable=False, index=True),
-         sa.Column("user_hash", sa.String(64), nullable=False, index=True),
-         sa.Column("client_id", sa.String(64), nullable=False, server_default=""),
-         sa.Column("actor_role", sa.String(16), nullable=False),
-         sa.Column("correct", sa.Boolean, nullable=False),
-         sa.Column("reason", sa.String(500), nullable=False),
-         sa.Column("comment", sa.String(2000), nullable=True),
-         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True))
+# The schema as it was before migrations existed: revision 0001's tables.
+legacy = ScriptDirectory.from_config(alembic_config()).get_revision("0001").module.schema
 
 
 @pytest.fixture(autouse=True)
@@ -153,7 +124,7 @@ def test_downgrade_and_upgrade_again(url):
     from alembic import command
 
     from services.results_service import store
-    from services.results_service.migrations import alembic_config, upgrade_to_head
+    from services.results_service.migrations import upgrade_to_head
 
     engine = make_legacy(url)
     upgrade_to_head(engine)

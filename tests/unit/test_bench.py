@@ -1,4 +1,4 @@
-"""The benchmark's own arithmetic (loadtest/bench.py): measuring window, summaries, verdicts."""
+"""The benchmark's own arithmetic (loadtest/bench.py, bench_report.py): measuring window, summaries, verdicts."""
 from __future__ import annotations
 
 import threading
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from loadtest import bench
+from loadtest import bench, bench_report
 
 
 def test_measure_counts_only_the_window_and_warms_each_thread() -> None:
@@ -63,7 +63,7 @@ def test_verdicts_pass_fail_and_missing() -> None:
     report = {"stack_rss_mb": 1200.0, "results": {
         "in_process": [_row(16, 40.0)], "triton_direct": [_row(16, 36.0), _row(4, 30.0)],
         "gateway": [_row(4, 15.0, p95=180.0)], "naive_baseline": [_row(4, 5.0)]}}
-    verdicts = {v["target"]: v for v in bench.verdicts(report)}
+    verdicts = {v["target"]: v for v in bench_report.verdicts(report)}
     assert verdicts["Triton direct / in process, throughput @c16"]["verdict"] == "PASS"  # 0.9
     assert verdicts["gateway / Triton direct, throughput @c4"]["verdict"] == "FAIL"  # 0.5
     assert verdicts["gateway / naive baseline, throughput @c4"]["verdict"] == "PASS"  # 3.0
@@ -78,8 +78,8 @@ def test_markdown_has_the_table_and_the_verdicts() -> None:
               "results": {"gateway": [_row(4, 20.0)]},
               "conditions": {"date": "d", "cpu_count": 2, "load_before": [0.1, 0.2, 0.3], "load_after": [1, 1, 1],
                              "rounds": 2, "seconds": 5.0, "model_version": "1", "stack_processes": 13}}
-    report["verdicts"] = bench.verdicts(report)
-    text = bench.markdown(report)
+    report["verdicts"] = bench_report.verdicts(report)
+    text = bench_report.markdown(report)
     assert "| 4. Gateway end to end | 4 | 20.0 |" in text
     assert "| gateway p95 latency @c4 (ms) | 100.0 | <= 150 | PASS |" in text
     assert "load average [0.1, 0.2, 0.3] before" in text
@@ -87,8 +87,8 @@ def test_markdown_has_the_table_and_the_verdicts() -> None:
 
 def test_a_latency_bound_the_model_alone_misses_is_called_out_of_reach() -> None:
     rows = {"gateway": [_row(4, 10.0, p95=500.0)], "in_process": [_row(4, 16.0, p95=340.0)]}
-    verdict = {v["target"]: v for v in bench.verdicts({"results": rows})}["gateway p95 latency @c4 (ms)"]
+    verdict = {v["target"]: v for v in bench_report.verdicts({"results": rows})}["gateway p95 latency @c4 (ms)"]
     assert verdict["verdict"].startswith("FAIL (out of this CPU's reach")
     rows["in_process"] = [_row(4, 40.0, p95=95.0)]  # the model alone fits: the serving path is to blame
-    verdict = {v["target"]: v for v in bench.verdicts({"results": rows})}["gateway p95 latency @c4 (ms)"]
+    verdict = {v["target"]: v for v in bench_report.verdicts({"results": rows})}["gateway p95 latency @c4 (ms)"]
     assert verdict["verdict"] == "FAIL"

@@ -9,7 +9,8 @@ import pytest
 
 from tests.unit.training_fixtures import make_kaggle
 from training.crossval import make_blocks
-from training.data import DataError, load_dataset
+from training.data import load_dataset
+from training.samples import DataError
 
 
 def test_blocks_are_contiguous_cover_everything_and_keep_a_gap(tmp_path: Path) -> None:

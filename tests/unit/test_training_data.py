@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.data import DataError, Sample, frame_sort_key, load_dataset, split_contiguous
+from training.data import load_dataset, split_contiguous
+from training.samples import DataError, Sample, frame_sort_key
 from tests.unit.training_fixtures import H, W, make_coco, make_image, make_kaggle, make_yolo
 
 
