@@ -5,6 +5,7 @@ migrations existed (revision 0001's tables), the result equals the store's table
 applies them at start."""
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import uuid
@@ -71,6 +72,23 @@ def make_legacy(url: str) -> sa.Engine:
         connection.execute(legacy.tables["audit_events"].insert().values(
             at=now, action="read", actor_role="client", actor_id="c1", user_hash="a" * 64, record_count=1))
     return engine
+
+
+# Revision 0001 is applied history: its DDL may never change. The digest was taken from
+# the schema as the results service created it before migrations existed.
+REVISION_0001_DDL_SHA256 = "7e6dc85fe8b6370cef9c29160b46ccf9db222e0f5574172189bb363efe5d6080"
+
+
+def test_revision_0001_is_frozen():
+    from sqlalchemy.dialects import postgresql
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    statements = []
+    for table in legacy.sorted_tables:
+        statements.append(str(CreateTable(table).compile(dialect=postgresql.dialect())).strip())
+        statements += sorted(str(CreateIndex(index).compile(dialect=postgresql.dialect())).strip() for index in table.indexes)
+    digest = hashlib.sha256("\n".join(statements).encode()).hexdigest()
+    assert digest == REVISION_0001_DDL_SHA256, "migration 0001 was edited: add a new revision instead"
 
 
 def test_revision_0001_is_the_schema_before_migrations(url):
