@@ -108,7 +108,7 @@ def own_published_ports(project: str) -> set[int]:
                                  "--format", "{{.Ports}}"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
         return set()
-    held = set()
+    held: set[int] = set()
     for first, last in re.findall(r":(\d+)(?:-(\d+))?->", listed):  # "127.0.0.1:8000-8002->8000-8002/tcp"
         held.update(range(int(first), int(last or first) + 1))
     return held
