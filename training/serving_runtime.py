@@ -205,36 +205,67 @@ def read_metadata(version_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+PRECISIONS = ("fp32", "bf16", "int8")
+BATCH_SIZES = (1, 2, 4, 8)  # compiled with a static batch dimension; a batch is padded up to one
+
+
+def cpu_has_bf16() -> bool:
+    """Native BF16 on this CPU (AVX512_BF16 or AMX): without it OpenVINO would emulate."""
+    import openvino as ov
+
+    try:
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except RuntimeError:
+        return False
+
+
+def served_precision(meta: dict) -> str:
+    """What ``auto`` serves: INT8 when the exporter's INT8 gate passed; else BF16 when its
+    BF16 gate passed and this CPU computes BF16 natively; else FP32."""
+    runtime = meta.get("runtime", {})
+    if runtime.get("serving") == "openvino-int8":
+        return "int8"
+    if runtime.get("bf16_gate", {}).get("passed") and cpu_has_bf16():
+        return "bf16"
+    return "fp32"
+
+
 class OpenVinoDetector:
-    """The version's OpenVINO IR on CPU. ``precision``: int8, fp32 or auto (what the INT8 gate chose)."""
+    """The version's OpenVINO IR on CPU. ``precision``: int8, bf16 (the FP32 IR computed in
+    BF16), fp32 or auto (``served_precision``).
+
+    The IR's batch dimension is dynamic; compiled with a static one it costs about 30% less
+    CPU per image (docs/performance.md), so one compiled model per size in BATCH_SIZES is
+    made when first needed (they share the weights file), and a batch is padded up to one."""
 
     backend = "openvino"
 
     def __init__(self, version_dir: str | Path, precision: str = "auto", threads: int = 1, streams: int = 1,
-                 verify: bool = True, bf16: bool = False) -> None:
+                 verify: bool = True) -> None:
+        import threading
+
         import openvino as ov
 
         self.version_dir = Path(version_dir)
         self.meta = read_metadata(self.version_dir)
         if precision == "auto":
-            serving = self.meta.get("runtime", {}).get("serving", "openvino-fp32")
-            precision = "int8" if serving == "openvino-int8" else "fp32"
-        if precision not in IR_FILES:
-            raise ValueError(f"unknown OpenVINO precision {precision!r} (int8, fp32 or auto)")
+            precision = served_precision(self.meta)
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown OpenVINO precision {precision!r} ({', '.join(PRECISIONS)} or auto)")
         self.precision = precision
-        xml = f"{OPENVINO_DIR}/{IR_FILES[precision]}"
+        xml = f"{OPENVINO_DIR}/{IR_FILES['int8' if precision == 'int8' else 'fp32']}"
         if verify:
             verify_manifest(self.version_dir, required=[xml, xml[:-4] + ".bin"])
         elif not (self.version_dir / xml).is_file():
             raise IntegrityError(f"{self.version_dir}: {xml} missing")
-        core = ov.Core()
-        config = {"INFERENCE_NUM_THREADS": int(threads), "NUM_STREAMS": int(streams),
-                  "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"}
-        try:
-            self.compiled = core.compile_model(core.read_model(str(self.version_dir / xml)), "CPU", config)
-        except RuntimeError as e:
-            raise IntegrityError(f"{self.version_dir}: OpenVINO refused {xml}: {str(e).splitlines()[0][:300]}") from None
-        self.request = self.compiled.create_infer_request()
+        self._xml = self.version_dir / xml
+        self._core = ov.Core()
+        self._config = {"INFERENCE_NUM_THREADS": int(threads), "NUM_STREAMS": int(streams),
+                        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+        self._compiled: dict[int, object] = {}
+        self._lock = threading.Lock()
+        self._requests: dict[int, object] = {}
+        self._compiled_for(1)  # a corrupt or mismatched IR fails here, at load
         self.class_names = list(self.meta.get("class_names", ["car"]))
         size = self.meta.get("input_size", {})
         self.input_wh = (int(size.get("width", 512)), int(size.get("height", 288)))
@@ -242,26 +273,49 @@ class OpenVinoDetector:
         self.floor = raw_floor(self.calibration, float(self.meta.get("score_floor", 0.05)))
         self.description = f"OpenVINO {ov.__version__} {precision.upper()} on CPU, {threads} thread(s), {streams} stream(s)"
 
+    def _compiled_for(self, batch: int):  # type: ignore[no-untyped-def]
+        with self._lock:
+            if batch not in self._compiled:
+                try:
+                    model = self._core.read_model(str(self._xml))
+                    model.reshape({0: [batch, -1, -1, 3]})
+                    self._compiled[batch] = self._core.compile_model(model, "CPU", self._config)
+                except RuntimeError as e:
+                    raise IntegrityError(f"{self.version_dir}: OpenVINO refused {self._xml.name}: "
+                                         f"{str(e).splitlines()[0][:300]}") from None
+            return self._compiled[batch]
+
+    def _request(self, batch: int):  # type: ignore[no-untyped-def]
+        if batch not in self._requests:
+            self._requests[batch] = self._compiled_for(batch).create_infer_request()  # type: ignore[attr-defined]
+        return self._requests[batch]
+
     def with_new_request(self) -> OpenVinoDetector:
-        """A view sharing the compiled model with its own infer request (one per client thread)."""
+        """A view sharing the compiled models with infer requests of its own (one per client thread)."""
         clone = object.__new__(OpenVinoDetector)
         clone.__dict__.update(self.__dict__)
-        clone.request = self.compiled.create_infer_request()
+        clone._requests = {}
         return clone
 
     def infer_arrays(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Decoded uint8 RGB images -> per image (boxes, scores, class ids)."""
         results: list = [None] * len(images)
-        groups: dict[tuple[int, ...], list[int]] = {}
+        groups: dict[tuple[int, int], list[int]] = {}
         for i, im in enumerate(images):
             groups.setdefault(im.shape[:2], []).append(i)
         for (h, w), idx in groups.items():
-            batch = np.stack([images[i] for i in idx])
-            out = self.request.infer({0: batch})
-            heat, boxes = out[self.compiled.output("heat")], out[self.compiled.output("boxes")]
-            scale = np.array([w / self.input_wh[0], h / self.input_wh[1]], np.float32)
-            for j, i in enumerate(idx):
-                results[i] = postprocess(heat[j], boxes[j], scale, np.array([w, h], np.float32), self.floor, self.calibration)
+            for start in range(0, len(idx), BATCH_SIZES[-1]):
+                chunk = idx[start:start + BATCH_SIZES[-1]]
+                size = next(b for b in BATCH_SIZES if b >= len(chunk))
+                batch = np.stack([images[i] for i in chunk] + [images[chunk[-1]]] * (size - len(chunk)))
+                request = self._request(size)
+                out = request.infer({0: batch})
+                compiled = self._compiled[size]
+                heat, boxes = out[compiled.output("heat")], out[compiled.output("boxes")]  # type: ignore[attr-defined]
+                scale = np.array([w / self.input_wh[0], h / self.input_wh[1]], np.float32)
+                for j, i in enumerate(chunk):
+                    results[i] = postprocess(heat[j], boxes[j], scale, np.array([w, h], np.float32), self.floor,
+                                             self.calibration)
         return results
 
     def detect(self, files: list[bytes]) -> list[dict | Exception]:

@@ -5,8 +5,9 @@ Runs the version through ``detector_runtime.py`` beside this file (training/serv
 - ``BACKEND`` ``auto`` (default): OpenVINO on CPU when the ``openvino`` package and the
   version's IR are there; TensorFlow is then never imported (memory). Without OpenVINO it
   falls back to the TensorFlow SavedModel, the artifact of record.
-- ``OPENVINO_PRECISION`` ``auto`` serves what the exporter's INT8 gate chose
-  (model_metadata.json ``runtime.serving``), or force ``int8`` / ``fp32``;
+- ``OPENVINO_PRECISION`` ``auto`` serves what the exporter's gates chose (model_metadata.json
+  ``runtime``: INT8, else BF16 on CPUs with native BF16, else FP32), or force ``int8`` /
+  ``bf16`` / ``fp32``;
   ``OPENVINO_THREADS`` / ``OPENVINO_STREAMS`` per instance.
 - GPU: ``BACKEND=tensorflow`` with ``DEVICE=gpu`` runs the SavedModel on the GPU through the
   CUDA build of TensorFlow (docker-compose.gpu.yml sets both through the environment

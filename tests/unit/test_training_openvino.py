@@ -157,3 +157,30 @@ def test_triton_model_refuses_to_load_a_corrupt_version(copy_of_version: Path) -
                                                    "model_repository": str(copy_of_version.parent), "model_version": "9"})
     finally:
         del sys.modules["triton_python_backend_utils"]
+
+
+def test_a_padded_batch_gives_each_image_what_it_gets_alone(frames: list[bytes]) -> None:
+    """Batches run through IRs compiled with a static batch size, padded up to one of
+    BATCH_SIZES: three frames together (padded to four) are detected as each is alone."""
+    from training import serving_runtime as rt
+
+    detector = rt.OpenVinoDetector(_version_with_ir(), "fp32", threads=2)
+    together = detector.detect(frames[:3])
+    for data, joint in zip(frames[:3], together):
+        alone = detector.detect([data])[0]
+        assert len(alone["scores"]) == len(joint["scores"])
+        np.testing.assert_allclose(joint["scores"], alone["scores"], atol=1e-3)
+        np.testing.assert_allclose(joint["boxes"], alone["boxes"], atol=0.05)
+    assert sorted(detector._compiled) == [1, 4]
+
+
+def test_auto_serves_int8_then_bf16_where_the_cpu_has_it_then_fp32() -> None:
+    from training import serving_runtime as rt
+
+    assert rt.served_precision({"runtime": {"serving": "openvino-int8"}}) == "int8"
+    bf16_passed = {"runtime": {"serving": "openvino-bf16", "bf16_gate": {"passed": True}}}
+    assert rt.served_precision(bf16_passed) == ("bf16" if rt.cpu_has_bf16() else "fp32")
+    assert rt.served_precision({"runtime": {"serving": "openvino-fp32", "bf16_gate": {"passed": False}}}) == "fp32"
+    assert rt.served_precision({}) == "fp32"
+    with pytest.raises(ValueError, match="unknown OpenVINO precision"):
+        rt.OpenVinoDetector(_version_with_ir(), "fp16")
