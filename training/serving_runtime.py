@@ -302,7 +302,7 @@ class OpenVinoDetector:
         results: list = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, im in enumerate(images):
-            groups.setdefault(im.shape[:2], []).append(i)
+            groups.setdefault((im.shape[0], im.shape[1]), []).append(i)
         for (h, w), idx in groups.items():
             for start in range(0, len(idx), BATCH_SIZES[-1]):
                 chunk = idx[start:start + BATCH_SIZES[-1]]
