@@ -61,15 +61,17 @@ def measured() -> dict[str, Any]:
     spread = cv.get("spread") or {}
     for key in ("ap50", "ap50_95"):
         values[key] += [float(spread[k]) for k in (f"{key}_std", f"{key}_min") if isinstance(spread.get(k), (int, float))]
-    gate = (meta.get("runtime") or {}).get("int8_gate") or {}
-    for precision in ("fp32", "int8"):
-        for block in [(gate.get(precision) or {}).get("pooled") or {}, *((gate.get(precision) or {}).get("blocks") or [])]:
-            for key in values:
-                if isinstance(block.get(key), (int, float)):
-                    values[key].append(float(block[key]))
-    for key, drop in (gate.get("drops") or {}).items():
-        if isinstance(drop, (int, float)):
-            values["ap50_95" if "ap50_95" in key else "ap50"].append(float(drop))
+    runtime = meta.get("runtime") or {}
+    for gate_name, precision in (("int8_gate", "int8"), ("bf16_gate", "bf16")):
+        gate = runtime.get(gate_name) or {}
+        for side in ("fp32", "int8", precision):
+            for block in [(gate.get(side) or {}).get("pooled") or {}, *((gate.get(side) or {}).get("blocks") or [])]:
+                for key in values:
+                    if isinstance(block.get(key), (int, float)):
+                        values[key].append(float(block[key]))
+        for key, drop in (gate.get("drops") or {}).items():
+            if isinstance(drop, (int, float)):
+                values["ap50_95" if "ap50_95" in key else "ap50"].append(float(drop))
     cal = meta.get("calibration") or {}
     values["ece"] += [float(cal[k]) for k in ("ece_before", "ece_after") if isinstance(cal.get(k), (int, float))]
     if isinstance(meta.get("operating_precision"), (int, float)):

@@ -142,13 +142,16 @@ def train(args: argparse.Namespace) -> Path | None:
     trainer = Trainer(ds.class_names, recipe, weights, init_from=args.init_from or None)
     if args.load_weights:
         trainer.model.load_weights(args.load_weights)
-        info = {"loaded_weights": args.load_weights}
+        # The run that trained them left its training record beside them (epochs, steps, time).
+        record = Path(args.load_weights).with_suffix(".json")
+        info = (json.loads(record.read_text()) if record.is_file() else {}) | {"loaded_weights": args.load_weights}
     else:
         info = trainer.fit(cache, list(range(len(cache.samples))))
         # Kept so that a failed export can be redone without training again (--load-weights).
         saved = REPO_ROOT / "var" / "train" / f"last-{os.getpid()}.weights.h5"
         saved.parent.mkdir(parents=True, exist_ok=True)
         trainer.model.save_weights(str(saved))
+        saved.with_suffix(".json").write_text(json.dumps({k: v for k, v in info.items() if k != "history"}, default=str))
         log.info("weights saved to %s", saved)
     detector = trainer.export_detector()
     crossval = load_crossval(args.crossval, args.input_size, ds.fingerprint())
