@@ -1,8 +1,8 @@
-"""Triton configurations side by side: instance count and TensorFlow intra-op threads.
+"""Triton configurations side by side: instance count and inference threads per instance.
 
     python loadtest/triton_variants.py [2x2 1x2 2x1 ...]
 
-Each variant NxT (N instances, T intra-op threads each) gets its own Triton process on its
+Each variant NxT (N instances, T threads each: OpenVINO's, or TensorFlow's intra-op) gets its own Triton process on its
 own ports, serving the same model version from a copy of config.pbtxt that differs only
 in those two numbers (per-batch logging off in all). Triton direct over gRPC is then
 measured at concurrency 1, 4 and 16 (BENCH_CONCURRENCY), interleaved round by round
@@ -39,7 +39,8 @@ def variant_repository(name: str, count: int, intra: int, root: Path) -> Path:
     model.mkdir(parents=True)
     config = (MODEL_DIR / "config.pbtxt").read_text()
     config = re.sub(r"count: \d+", f"count: {count}", config, count=1)
-    config = re.sub(r'(key: "TF_INTRA_OP_THREADS" value: \{ string_value: )"\d+"', rf'\1"{intra}"', config)
+    for threads in ("TF_INTRA_OP_THREADS", "OPENVINO_THREADS"):  # whichever backend serves the version
+        config = re.sub(rf'(key: "{threads}" value: \{{ string_value: )"\d+"', rf'\1"{intra}"', config)
     config = re.sub(r'(key: "LOG_BATCHES" value: \{ string_value: )"\w+"', r'\1"false"', config)
     (model / "config.pbtxt").write_text(config)
     for entry in MODEL_DIR.iterdir():

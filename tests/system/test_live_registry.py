@@ -37,7 +37,7 @@ def live(tmp_path_factory) -> dict:
     for name in ("1", "2", "warmup"):
         if (source / name).exists():
             shutil.copytree(source / name, model / name, ignore=shutil.ignore_patterns("__pycache__"))
-    config = (source / "config.pbtxt").read_text().replace("count: 2", "count: 1")  # one instance: faster loads
+    config = (source / "config.pbtxt").read_text()
     # Versions 1 and 2 only, so the newest of them is served whatever the committed registry pins.
     config = re.sub(r"^# governance: version_policy.*\n", "", config, flags=re.M)
     config = re.sub(r"^version_policy: .*$", "version_policy: { latest: { num_versions: 1 } }", config, flags=re.M)
