@@ -79,6 +79,9 @@ class ModelRegistry:
         with os.fdopen(fd, "w") as handle:
             json.dump(self.registry, handle, indent=2, sort_keys=False)
             handle.write("\n")
+        # Readable by every service user (mkstemp makes 0600): the adapter's guard and the
+        # images read it; it holds hashes and lineage, no secret.
+        os.chmod(tmp, 0o644)
         os.replace(tmp, self.registry_path)
 
     # -- the seed's API

@@ -78,6 +78,8 @@ def test_register_records_lineage_and_is_idempotent(repo, tmp_path):
     stored = json.loads((tmp_path / "registry.json").read_text())
     assert [m["model_id"] for m in stored["models"]] == [model_id]
     assert registry.get_latest_version("car_detector")["version"] == "1"
+    # The images copy it as it is and read it as the service user: never the 0600 of mkstemp.
+    assert (tmp_path / "registry.json").stat().st_mode & 0o777 == 0o644
 
 
 def test_a_changed_shipped_version_is_refused_unless_forced(repo):
