@@ -186,7 +186,11 @@ def build_env() -> dict[str, str]:
     """An environment whose `docker build` is BuildKit (the Dockerfiles use cache
     mounts). Docker >= 23 needs the buildx plugin for that; Docker 20.10's own
     client (Debian's docker.io, /usr/bin/docker) has BuildKit built in."""
-    env = {**os.environ, "DOCKER_BUILDKIT": "1", "COMPOSE_DOCKER_CLI_BUILD": "1"}
+    # Secrets come only from the env file: compose would let a variable of the caller's shell
+    # (the local stack's INTERNAL_TOKEN, say) win over it, and the containers would hold a
+    # secret the env file does not.
+    env = {**{k: v for k, v in os.environ.items() if k not in SECRETS}, "DOCKER_BUILDKIT": "1",
+           "COMPOSE_DOCKER_CLI_BUILD": "1"}
     if subprocess.run(["docker", "buildx", "version"], capture_output=True).returncode == 0:
         return env
     for candidate in filter(None, [shutil.which("docker"), "/usr/bin/docker"]):

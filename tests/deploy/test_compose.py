@@ -407,3 +407,14 @@ def test_compose_up_moves_a_taken_host_port_once_and_keeps_it(tmp_path: Path, mo
     assert {name: values[name] for name in others} == others, "ports already decided are kept"
     assert env_file.read_text() == first, "a second run changes nothing"
     assert first.rstrip().endswith(f"{compose_up.CHOSEN_MARK}\nX_IMAGE=x"), "the chosen-images block stays last"
+
+
+def test_compose_up_takes_secrets_from_the_env_file_only(monkeypatch) -> None:
+    """A secret exported in the caller's shell (the local stack's INTERNAL_TOKEN) must not
+    reach compose, which would let it win over the env file's value."""
+    from scripts.compose import compose as compose_up
+
+    monkeypatch.setenv("INTERNAL_TOKEN", "from-the-shell")
+    monkeypatch.setenv("SOME_SETTING", "kept")
+    env = compose_up.build_env()
+    assert not set(compose_up.SECRETS) & set(env) and env["SOME_SETTING"] == "kept"
