@@ -131,7 +131,9 @@ def test_triton_serves_the_contract_signature(stack):
     assert boxes.shape[0] == scores.shape[0] == labels.shape[0] == 2 and boxes.shape[2] == 4
     for image_scores in scores:
         real = image_scores[image_scores > 0]
-        assert np.all(np.diff(real) <= 1e-6) and np.all(real >= 0.05 - 1e-6) and np.all(real <= 1)
+        # CONTRACT.md: descending, in [0, 1], kept down to a floor of *at most* 0.05 (the
+        # calibrated value of the raw floor may be far lower: callers pick their threshold).
+        assert np.all(np.diff(real) <= 1e-6) and np.all(real >= 0) and np.all(real <= 1)
     truth = ground_truth("vid_4_1000.jpg")[0]
     assert max(iou(truth, list(b)) for b in boxes[0]) >= 0.5
 
