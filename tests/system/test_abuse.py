@@ -85,9 +85,6 @@ def send_preprocess(stack, data: bytes) -> int:
                          data=data, timeout=300).status_code
 
 
-@pytest.mark.xfail(reason="known miss: one feature-service worker peaked at 555 MB (> 512) when most "
-                          "full-size preprocess decodes landed on it (make test, 2026-12-01); issue 14 item 6 stays open",
-                   strict=False)
 def test_workers_stay_within_512_mb_under_the_heaviest_uploads(stack, heavy_uploads):
     """Every upload at once, eight at a time, through detection (gateway header check and
     re-encode, feature statistics at reduced scale) and preprocessing (full-size decode):
