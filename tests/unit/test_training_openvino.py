@@ -86,7 +86,7 @@ def test_openvino_matches_tensorflow_on_real_frames(frames: list[bytes], precisi
         ious = iou_matrix(a["boxes"][keep_a], b["boxes"]) if len(b["boxes"]) else np.zeros((keep_a.sum(), 0))
         assert ious.shape[1] > 0, "OpenVINO found nothing where TensorFlow found a car"
         best = ious.argmax(axis=1)
-        tol_iou, tol_score = (0.95, 0.025) if precision == "fp32" or ov.precision == "fp32" else (0.85, 0.08)
+        tol_iou, tol_score = (0.95, 0.02) if precision == "fp32" or ov.precision == "fp32" else (0.85, 0.08)
         assert np.all(ious.max(axis=1) > tol_iou), ious.max(axis=1)
         # Compared before calibration: its temperature (~0.2) multiplies a raw difference about
         # five-fold near the threshold, and the network's parity is what the runtimes must keep.
