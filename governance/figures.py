@@ -62,9 +62,10 @@ def measured() -> dict[str, Any]:
     for key in ("ap50", "ap50_95"):
         values[key] += [float(spread[k]) for k in (f"{key}_std", f"{key}_min") if isinstance(spread.get(k), (int, float))]
     runtime = meta.get("runtime") or {}
-    for gate_name, precision in (("int8_gate", "int8"), ("bf16_gate", "bf16")):
+    for gate_name in ("int8_gate", "bf16_gate"):
         gate = runtime.get(gate_name) or {}
-        for side in ("fp32", "int8", precision):
+        # int8_gate() names its sides "fp32" and "int8" whichever precision it compared.
+        for side in ("fp32", "int8"):
             for block in [(gate.get(side) or {}).get("pooled") or {}, *((gate.get(side) or {}).get("blocks") or [])]:
                 for key in values:
                     if isinstance(block.get(key), (int, float)):
