@@ -1,15 +1,15 @@
 """The gateway: the single public entry of the system (port 8080).
 
 Authenticates every call but liveness with an API key, enforces roles and rate
-limits, and runs `POST /api/detect`: image checked once, features and detections
-fetched concurrently, the result stored, and only then acknowledged.
+limits, and runs `POST /api/detect`: the image's header checked, detections and the
+image's monitoring statistics from the model (which decodes the image, once), the result
+stored, and only then acknowledged.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from concurrent.futures import ThreadPoolExecutor
 from functools import wraps
 from typing import Any, Callable
 
@@ -23,8 +23,10 @@ from gateway.auth import KeyRing, Principal, load_keys
 from gateway.clients import HttpService, ModelServingClient, ResultsService, unavailable
 from services.common import config, metrics
 from services.common.explain import ExplainError, as_json, explain_image, explanation_slot, parse_grid
-from services.common.images import check_image
-from services.common.logs import detection_fields, feature_fields, request_id_var
+from services.common import image_features
+from services.common.image_features import header_features
+from services.common.images import CheckedImage, check_image
+from services.common.logs import detection_fields, feature_fields
 from services.common import pseudonym
 from services.common.pseudonym import hash_user_id, lookup_hashes
 from services.common.schemas import DetectResult, Detection, ImageSize, SubjectRequest, first_error
@@ -38,7 +40,6 @@ results = ResultsService("results service", config.RESULTS_SERVICE_URL)
 model = ModelServingClient(config.MODEL_SERVING_ADDR)
 keyring = KeyRing(load_keys())
 FEATURE_ROUTES = frozenset({"preprocess"})
-fan_out = ThreadPoolExecutor(max_workers=config.GATEWAY_FANOUT_THREADS)
 
 
 def _check_http(service: HttpService, path: str) -> Callable[[], None]:
@@ -148,23 +149,41 @@ def _error_of(answer: Any) -> str:
 def _features_of(image: bytes, request_id: str) -> dict | None:
     answer = features.call("POST", "/preprocess?include_image=false", request_id, data=image,
                            headers={"Content-Type": "application/octet-stream"})
-    if answer.status_code in (400, 413, 415):  # the one full decode in Python refused the image
+    if answer.status_code in (400, 413, 415):  # its full decode refused the image
         raise ImageRefused(answer.status_code, _error_of(answer))
     if answer.status_code != 200:
         raise unavailable("the feature service")
     return answer.json()["features"]
 
 
-def _features_or_none(pending: Any) -> dict | None:
-    """Features are for monitoring: if the feature service is down the detection is still
-    served and stored, and the gap is logged. Its refusal of the image is final."""
+def _monitoring_features(image: CheckedImage, prediction: Any, data: bytes, request_id: str) -> dict | None:
+    """The image's monitoring features: the header ones from the gateway's own header check,
+    the pixel statistics from the model, which computed them from the pixels it decoded (so
+    a detection decodes its image once). A version that computes none (before 5, or on
+    TensorFlow) leaves them to the feature service. Features are for monitoring: if that
+    service is down the detection is still served and stored, and the gap is logged."""
+    if prediction.image_stats:
+        measured = {**header_features(image.width, image.height, image.format, image.mode, image.byte_size),
+                    **prediction.image_stats}
+        return {name: measured[name] for name in image_features.NAMES if name in measured}
     try:
-        return pending.result()
+        return _features_of(data, request_id)
     except ImageRefused:
         raise
     except ApiError:
         log.warning("features unavailable; serving detections without them", extra={"event.action": "detect"})
         return None
+
+
+def _refusal_of(data: bytes, request_id: str) -> None:
+    """The model refused the image: the feature service's words for it, when it has them
+    (the same message whichever stage decodes first)."""
+    try:
+        _features_of(data, request_id)
+    except ImageRefused:
+        raise
+    except ApiError:
+        pass
 
 
 @app.post("/api/detect")
@@ -178,21 +197,19 @@ def detect() -> tuple[Response, int]:
     # Only the keyed hash of the subject goes past the gateway (adapter, results, logs).
     user_hash = hash_user_id(check_user_id(_single_field("user_id", request.form)))
     data = upload.read()
-    # Headers only (size, format, pixel bomb): the pixels are decoded by the feature service
-    # and by the model, each refusing a corrupt file, so decoding here too would be a third time.
+    # Headers only (size, format, pixel bomb): the model decodes the pixels and refuses a
+    # corrupt file; decoding here too would be a second time.
     image = check_image(data, decode=False)
     request_id = g.request_id
-    context = request_id_var.get()
 
     results.ensure_available()  # storage known down: 503 now, not after an inference
-    feature_future = fan_out.submit(_in_context, context, _features_of, data, request_id)
     try:
         prediction = model.predict(image.model_bytes, user_hash, request_id)
     except ApiError as refused:
         if refused.status < 500:
-            _features_or_none(feature_future)  # the feature service's words for a bad image, when it has them
+            _refusal_of(data, request_id)
         raise
-    image_features = _features_or_none(feature_future)
+    monitoring = _monitoring_features(image, prediction, data, request_id)
     # One answer, built once: what is stored is the same object, less the image size and
     # with the keyed hash of the subject instead of its id.
     answer = DetectResult(
@@ -204,7 +221,7 @@ def detect() -> tuple[Response, int]:
         model_version=prediction.model_version,
         inference_time_ms=round(prediction.inference_time_ms, 3),
         image=ImageSize(width=prediction.image_width, height=prediction.image_height),
-        features=image_features,
+        features=monitoring,
     ).model_dump(mode="json")
     stored = results.call("POST", "/predictions", request_id, json={
         **{name: answer[name] for name in ("request_id", "detections", "features", "model_name", "model_version")},
@@ -222,14 +239,9 @@ def detect() -> tuple[Response, int]:
     log.info("detected %d objects", len(answer["detections"]), extra={
         "event.action": "detect", "event.outcome": "success", "user.hash": user_hash,
         "model.version": prediction.model_version, **detection_fields(answer["detections"]),
-        **feature_fields(image_features)})
-    metrics.observe_features(image_features)
+        **feature_fields(monitoring)})
+    metrics.observe_features(monitoring)
     return jsonify(answer), 201
-
-
-def _in_context(request_id: str | None, function: Callable, *args: Any) -> Any:
-    request_id_var.set(request_id)
-    return function(*args)
 
 
 @app.post("/api/features/<path:path>")

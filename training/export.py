@@ -9,24 +9,18 @@ tf.string [None,K] and ``num_detections`` int32 [None].
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
-import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Callable
 
 import tensorflow as tf
 
-from training import MODEL_NAME, REPO_ROOT
 from training.model import decode
+from training.version_dir import write_version_dir
 
 log = logging.getLogger(__name__)
 
-TRITON_TEMPLATE = Path(__file__).resolve().parent / "triton_model.py"
-RUNTIME_TEMPLATE = Path(__file__).resolve().parent / "serving_runtime.py"
 SCORE_FLOOR = 0.05
 MAX_DETECTIONS = 100
 
@@ -100,25 +94,6 @@ def save_savedmodel(detector: Detector, path: Path) -> None:
     tf.saved_model.save(detector, str(path), signatures={"serving_default": detector.serve})
 
 
-def next_version(model_dir: Path) -> int:
-    versions = [int(p.name) for p in Path(model_dir).glob("*") if p.is_dir() and re.fullmatch(r"\d+", p.name)]
-    return max(versions, default=0) + 1
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        commit = out.stdout.strip() if out.returncode == 0 else "unknown"
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "training"], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        return commit + ("-dirty" if dirty and commit != "unknown" else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def write_version(
     detector: Detector,
     repository: Path,
@@ -126,41 +101,16 @@ def write_version(
     version: int | None = None,
     add_files: Callable[[Path, dict], None] | None = None,
 ) -> Path:
-    """Write ``<repository>/car_detector/<N>/``: model.py, detector_runtime.py, model.savedmodel,
-    whatever ``add_files(tmp_dir, metadata)`` adds (the OpenVINO IR), model_metadata.json and,
-    last, manifest.json with the SHA-256 of every other file."""
-    from training.serving_runtime import write_manifest
+    """Write ``<repository>/car_detector/<N>/``: the runtime files (training/version_dir.py),
+    model.savedmodel, whatever ``add_files(tmp_dir, metadata)`` adds (the OpenVINO IR),
+    model_metadata.json and, last, manifest.json with the SHA-256 of every other file."""
 
-    model_dir = Path(repository) / MODEL_NAME
-    model_dir.mkdir(parents=True, exist_ok=True)
-    version = version or next_version(model_dir)
-    vdir = model_dir / str(version)
-    # Build in a temp dir and swap, so a running Triton never sees half a version.
-    tmp = model_dir / f".tmp-{version}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_savedmodel(detector, tmp / "model.savedmodel")
-    shutil.copy2(TRITON_TEMPLATE, tmp / "model.py")
-    shutil.copy2(RUNTIME_TEMPLATE, tmp / "detector_runtime.py")
-    meta = dict(metadata)
-    if add_files is not None:
-        add_files(tmp, meta)
-    meta.update(
-        {
-            "model_name": MODEL_NAME,
-            "version": version,
-            "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": git_commit(),
-        }
-    )
-    (tmp / "model_metadata.json").write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")
-    write_manifest(tmp)
-    if vdir.exists():
-        shutil.rmtree(vdir)
-    tmp.rename(vdir)
-    log.info("exported %s", vdir)
-    return vdir
+    def fill(tmp: Path, meta: dict) -> None:
+        save_savedmodel(detector, tmp / "model.savedmodel")
+        if add_files is not None:
+            add_files(tmp, meta)
+
+    return write_version_dir(Path(repository), metadata, fill, version=version, default=_json_default)
 
 
 def _json_default(o):  # type: ignore[no-untyped-def]

@@ -10,17 +10,23 @@ model.py, the bench and the tests all run the same code on the same files.
   which resizes in its graph (the same bilinear resize as the SavedModel), runs the network,
   picks heat-map peaks and turns distances into boxes; top-k, per-class NMS and the score
   calibration run here in numpy on at most 300 candidates per image. No TensorFlow import.
+  From the same decoded pixels it computes the image's monitoring statistics
+  (``image_features.py``, copied beside this file by the exporter), so that a detection
+  decodes its image once in the whole system.
 - ``TensorFlowDetector``: the SavedModel's serving signature (decoding, resizing, NMS and the
-  same calibration in its graph); the fallback without OpenVINO, and the GPU path.
+  same calibration in its graph); the fallback without OpenVINO, and the GPU path. It decodes
+  in its graph, so it returns no statistics (callers then ask the feature service).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import os
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +107,27 @@ def verify_manifest(version_dir: Path, required: Iterable[str] = ()) -> dict:
 
 
 # --------------------------------------------------------------------------- decode
+
+
+def _pixel_statistics() -> Callable[[np.ndarray], dict] | None:
+    """`pixel_statistics_of_full` of the image_features.py beside this file (a version
+    directory), else of the project (training, tests); None for a version exported before it."""
+    beside = Path(__file__).with_name("image_features.py")
+    if beside.exists():
+        name = f"car_detector_image_features_{abs(hash(str(beside.resolve())))}"
+        module = sys.modules.get(name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(name, beside)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        return module.pixel_statistics_of_full  # type: ignore[no-any-return]
+    if Path(__file__).name == "serving_runtime.py":  # the project's own copy (training/)
+        from services.common.image_features import pixel_statistics_of_full
+
+        return pixel_statistics_of_full
+    return None
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -271,6 +298,7 @@ class OpenVinoDetector:
         self.input_wh = (int(size.get("width", 512)), int(size.get("height", 288)))
         self.calibration = self.meta.get("calibration")
         self.floor = raw_floor(self.calibration, float(self.meta.get("score_floor", 0.05)))
+        self.pixel_statistics = _pixel_statistics()
         self.description = f"OpenVINO {ov.__version__} {precision.upper()} on CPU, {threads} thread(s), {streams} stream(s)"
 
     def _compiled_for(self, batch: int):  # type: ignore[no-untyped-def]
@@ -329,8 +357,10 @@ class OpenVinoDetector:
         good = [i for i, d in enumerate(decoded) if not isinstance(d, Exception)]
         outs = self.infer_arrays([decoded[i] for i in good]) if good else []
         results: list = list(decoded)
+        statistics = self.pixel_statistics
         for i, (b, s, c) in zip(good, outs):
-            results[i] = {"boxes": b, "scores": s, "labels": [self.class_names[k] for k in c]}
+            results[i] = {"boxes": b, "scores": s, "labels": [self.class_names[k] for k in c],
+                          "image_stats": statistics(decoded[i]) if statistics else None}
         return results
 
 

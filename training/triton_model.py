@@ -18,6 +18,9 @@ Runs the version through ``detector_runtime.py`` beside this file (training/serv
   not decode fails alone with "could not decode image: ...".
 - Per request: BOXES [b,N,4], SCORES [b,N] (calibrated, descending), LABELS [b,N] with N the
   largest detection count in the request (shorter rows padded with score 0, label b"").
+  IMAGE_STATS [b,1]: the image's monitoring statistics as a JSON object (services/common/
+  image_features.py), computed from the pixels decoded for the network; b"" when the runtime
+  decoded in its graph (TensorFlow).
 """
 
 from __future__ import annotations
@@ -126,8 +129,12 @@ class TritonPythonModel:
             b[i, :k] = r["boxes"]
             s[i, :k] = r["scores"]
             lab[i, :k] = [v.encode() if isinstance(v, str) else v for v in r["labels"]]
+        # One JSON object per image; b"" where the runtime decoded in its graph (TensorFlow).
+        stats = np.array([[json.dumps(r["image_stats"]).encode() if r.get("image_stats") else b""] for r in results],
+                         dtype=object)
         return pb_utils.InferenceResponse(
-            output_tensors=[pb_utils.Tensor("BOXES", b), pb_utils.Tensor("SCORES", s), pb_utils.Tensor("LABELS", lab)]
+            output_tensors=[pb_utils.Tensor("BOXES", b), pb_utils.Tensor("SCORES", s), pb_utils.Tensor("LABELS", lab),
+                            pb_utils.Tensor("IMAGE_STATS", stats)]
         )
 
     def execute(self, requests):  # type: ignore[no-untyped-def]

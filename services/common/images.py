@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from services.common import config
+from services.common.image_features import analysis_factor
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 # Our own budget (below) is checked from the header first, with a clearer message;
@@ -183,14 +184,6 @@ def pixel_cost(image: Image.Image) -> int:
     """How many budget pixels one pixel of this image counts for (see HEAVY_MODES)."""
     heavy = image.mode in HEAVY_MODES or (image.mode == "P" and "transparency" in image.info)
     return HEAVY_MODE_COST if heavy else 1
-
-
-def analysis_factor(size: tuple[int, int], side: int) -> int:
-    """The largest power of two that keeps the longer side >= side (1: keep the size)."""
-    factor = 1
-    while max(size) // (factor * 2) >= side:
-        factor *= 2
-    return factor
 
 
 def _reduce_for_analysis(image: Image.Image, side: int) -> Image.Image:

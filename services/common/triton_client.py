@@ -15,6 +15,7 @@ channel settings, for tools that drive Triton themselves (benchmarks, evaluation
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Sequence
@@ -31,6 +32,8 @@ if TYPE_CHECKING:  # tritonclient is imported lazily: tools import this module c
 
 INPUT = "IMAGE"
 OUTPUTS = ("BOXES", "SCORES", "LABELS")
+# From version 5 (docs/api.md): the image's monitoring statistics, one JSON object per image.
+STATS_OUTPUT = "IMAGE_STATS"
 # gRPC's default reconnect backoff grows to 120 s; Triton restarts should cost ~2 s.
 _RECONNECT_ARGS = [
     ("grpc.initial_reconnect_backoff_ms", 200),
@@ -58,6 +61,7 @@ class ImageResult:
     boxes: np.ndarray  # float32 [n, 4]: x_min, y_min, x_max, y_max in original pixels
     scores: np.ndarray  # float32 [n]
     labels: list[str]
+    image_stats: dict[str, float] | None = None  # None: the version computes none (before 5, or TensorFlow)
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,14 @@ def _classify(exc: Exception) -> Exception:
     if "INVALID_ARGUMENT" in status or "decode" in message:
         return TritonRejected(message)
     return TritonUnavailable(message)
+
+
+def _stats_of(encoded: bytes) -> dict[str, float] | None:
+    """One image's IMAGE_STATS element: a JSON object of numbers, or b"" for none."""
+    if not encoded:
+        return None
+    decoded = json.loads(encoded)
+    return {str(name): float(value) for name, value in decoded.items()}
 
 
 class TritonModel:
@@ -155,16 +167,18 @@ class TritonModel:
 
         image_input = grpcclient.InferInput(INPUT, [len(images), 1], "BYTES")
         image_input.set_data_from_numpy(np.array([[data] for data in images], dtype=np.object_))
-        outputs = [grpcclient.InferRequestedOutput(name) for name in OUTPUTS]
+        outputs = [grpcclient.InferRequestedOutput(name) for name in (*OUTPUTS, STATS_OUTPUT)]
         try:
             result = self.client.infer(self.model_name, [image_input], outputs=outputs, request_id=request_id,
                                        client_timeout=timeout_s)
         except InferenceServerException as exc:
             raise _classify(exc) from None
         boxes, scores, labels = (result.as_numpy(name) for name in OUTPUTS)
+        stats = result.as_numpy(STATS_OUTPUT)  # None from a version that does not produce it
         per_image = [
             ImageResult(np.asarray(boxes[i], dtype=np.float32), np.asarray(scores[i], dtype=np.float32),
-                        [label.decode() if isinstance(label, bytes) else str(label) for label in labels[i]])
+                        [label.decode() if isinstance(label, bytes) else str(label) for label in labels[i]],
+                        _stats_of(stats[i][0]) if stats is not None else None)
             for i in range(len(images))
         ]
         return BatchResult(per_image, result.get_response().model_version)

@@ -126,6 +126,7 @@ class ModelServingServicer(pb_grpc.ModelServingServicer):
             model_name=self.detector.model_name,
             image_width=image.width,
             image_height=image.height,
+            image_stats=inference.image_stats or {},
         )
 
     def HealthCheck(self, request: pb.HealthCheckRequest, context: grpc.ServicerContext) -> pb.HealthCheckResponse:

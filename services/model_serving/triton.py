@@ -27,6 +27,7 @@ class Inference:
     detections: list[Detection]
     model_version: str
     inference_time_ms: float
+    image_stats: dict[str, float] | None = None  # from the model's IMAGE_STATS output, when it has one
 
 
 class TritonDetector:
@@ -57,4 +58,4 @@ class TritonDetector:
             for box, score, label in zip(only.boxes, only.scores, only.labels)
             if score >= min_confidence
         ]
-        return Inference(detections, result.model_version, elapsed_ms)
+        return Inference(detections, result.model_version, elapsed_ms, only.image_stats)

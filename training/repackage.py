@@ -1,0 +1,78 @@
+"""A new version from an existing one's artefacts with this checkout's runtime files.
+
+    python -m training.repackage FROM [--version N] --reason "..." [--triton HOST:PORT]
+
+The weights, the OpenVINO IR (with its quantisation), the reports and every measured figure
+(validation, cross-validation, calibration, gates) are the old version's, byte for byte; the
+runtime files (model.py, detector_runtime.py, image_features.py) are the current ones. The
+metadata records where it came from and why (`repackaged_from`). The version is registered
+in the model registry before Triton may serve it, as `make train` does; the old version stays
+registered until it is deprecated (`python -m governance.model_registry deprecate`).
+No TensorFlow, no training: a minute's work.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from training import DEFAULT_MODEL_REPOSITORY, MODEL_NAME
+from training.version_dir import RUNTIME_FILES, write_version_dir
+
+GENERATED = {"model_metadata.json", "manifest.json", *RUNTIME_FILES}
+SKIPPED_DIRS = {"__pycache__", ".ipynb_checkpoints"}
+OWN_FIELDS = ("model_name", "version", "exported_at", "git_commit", "repackaged_from")
+
+
+def repackage(repository: Path, source_version: int, reason: str, version: int | None = None) -> Path:
+    """Write the new version directory; returns it."""
+    source = Path(repository) / MODEL_NAME / str(source_version)
+    if not (source / "model_metadata.json").is_file():
+        raise FileNotFoundError(f"{source}: no model_metadata.json (not a version directory)")
+    old = json.loads((source / "model_metadata.json").read_text())
+    metadata = {key: value for key, value in old.items() if key not in OWN_FIELDS}
+    metadata["repackaged_from"] = {"version": source_version, "exported_at": old.get("exported_at"),
+                                   "git_commit": old.get("git_commit"), "reason": reason}
+
+    def fill(tmp: Path, meta: dict) -> None:
+        for item in source.iterdir():
+            if item.name in GENERATED or item.name in SKIPPED_DIRS:
+                continue
+            if item.is_dir():
+                shutil.copytree(item, tmp / item.name, ignore=shutil.ignore_patterns(*SKIPPED_DIRS))
+            else:
+                shutil.copy2(item, tmp / item.name)
+
+    return write_version_dir(Path(repository), metadata, fill, version=version)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", type=int, metavar="FROM", help="the version whose artefacts are taken")
+    parser.add_argument("--version", type=int, default=None, help="number of the new version (default: next free)")
+    parser.add_argument("--reason", required=True, help="why (recorded in the metadata and the registry)")
+    parser.add_argument("--repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    parser.add_argument("--registry", default=None, metavar="PATH", help="model registry JSON (default: the project's)")
+    parser.add_argument("--triton", default=None, metavar="HOST:PORT", help="reload the model on this Triton afterwards")
+    args = parser.parse_args(argv)
+    try:
+        vdir = repackage(args.repository, args.source, args.reason, args.version)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {vdir}", flush=True)
+    from governance.model_registry import ModelRegistry
+    from training.train import reload_triton
+
+    registry = ModelRegistry(args.registry)
+    model_id = registry.register_model(vdir, force=args.version is not None)
+    print(f"registered {model_id} in the model registry {registry.registry_path}", flush=True)
+    if args.triton:
+        reload_triton(args.triton)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
