@@ -91,7 +91,7 @@ def dpia(checks: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ]
     measured = [c for r in risks for c in r["checks"]]
     failing = sorted({c for c in measured if checks.get(c, {}).get("status") == "fail"})
-    return {"status": "carried out (RGPD.md, section AIPD / Art. 35); reviewed at each audit",
+    return {"status": "carried out (RGPD.md section 4, Analyse d'impact, Art. 35); reviewed at each audit",
             "residual_risk": "high: a mitigation measured false" if failing else "acceptable, with the open actions below",
             "failing_mitigations": failing, "risks": risks}
 
