@@ -214,3 +214,12 @@ def test_an_audit_with_every_service_down_says_what_it_could_not_measure(tmp_pat
     assert report["database"] == "sqlite" and report["frameworks"]["annex_iv"]
     html = report_file.with_suffix(".html").read_text()
     assert html.count("<section id=") == 10 and html.index("id='summary'") < html.index("<details>")
+
+
+def test_drift_on_too_few_images_is_a_warning_whatever_it_shows():
+    model = {"version": "4", "crossval": "not measured", "calibration": "not measured"}
+    few = {"features": {"brightness": {}}, "n": 2, "max_psi": 8.3, "drifting": [], "enough_data": False}
+    status = {name: model_checks(model, data)[2]["status"] for name, data in (
+        ("few", few), ("few drifting", {**few, "drifting": ["brightness"]}), ("enough", {**few, "n": 300, "enough_data": True}),
+        ("enough drifting", {**few, "n": 300, "enough_data": True, "drifting": ["brightness"]}))}
+    assert status == {"few": "warning", "few drifting": "warning", "enough": "pass", "enough drifting": "fail"}
