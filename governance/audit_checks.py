@@ -278,7 +278,7 @@ def model_integrity(ctx: AuditContext) -> dict[str, Any]:
     status = "fail" if bad or served_deprecated else ("pass" if results else "not_measured")
     finding = (f"Served version(s) {', '.join(served)}: files match the registered SHA-256." if status == "pass" else
                "Served versions: " + (", ".join(f"v{r['version']} {r['status']}" for r in results) or "none found")
-               + (f"; deprecated yet served: {served_deprecated}" if served_deprecated else "") + ".")
+               + (f"; deprecated yet served: {', '.join(served_deprecated)}" if served_deprecated else "") + ".")
     return check("model_integrity", "Served model files match their registered SHA-256", status,
                  {"source": source, "registry": str(registry_path()),
                   "versions": [{k: r.get(k) for k in ("version", "status", "detail", "model_id", "registry_status")}

@@ -28,7 +28,8 @@ REMEDIES = {
     "legal_basis": "confirm the legal basis in writing with the controller (RGPD.md section 3)",
     "model_validation": "run the cross-validation (make crossval) and ship its figures with the version",
     "calibration": "fit calibration on the cross-validation folds and record ECE in model_metadata.json",
-    "data_drift": "collect and label frames of the drifting conditions; re-validate before further use",
+    "data_drift": "if a feature drifts, collect and label frames of that condition and re-validate before further "
+                  "use; with fewer than 200 images stored, re-run the audit when more are",
     "documents_consistent": "regenerate or correct the documents' figures (python -m governance.figures write)",
 }
 DUE_DAYS = {"fail": 3, "not_measured": 7, "warning": 90}
@@ -91,7 +92,7 @@ def dpia(checks: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ]
     measured = [c for r in risks for c in r["checks"]]
     failing = sorted({c for c in measured if checks.get(c, {}).get("status") == "fail"})
-    return {"status": "carried out (RGPD.md, section AIPD / Art. 35); reviewed at each audit",
+    return {"status": "carried out (RGPD.md section 4, Analyse d'impact, Art. 35); reviewed at each audit",
             "residual_risk": "high: a mitigation measured false" if failing else "acceptable, with the open actions below",
             "failing_mitigations": failing, "risks": risks}
 

@@ -60,7 +60,7 @@ def performance_markdown(perf: dict[str, Any]) -> list[str]:
     if "features" in dd:
         lines += [f"Data drift (PSI vs {dd.get('baseline', {}).get('images')} training frames; "
                   f"<0.1 stable, 0.1-0.25 moderate, >0.25 significant; "
-                  f"levels judged on PSI minus its sampling noise (k-1)/n; "
+                  f"levels judged on PSI minus its sampling noise, the PSI that n undrifted images exceed 5 % of the time; "
                   f"{'enough data' if dd['enough_data'] else f'fewer than {drift_mod.MIN_SAMPLE} images: indicative only'}):", "",
                   "| feature | n | PSI | noise floor | level | baseline mean | production mean |", "|---|---|---|---|---|---|---|",
                   *[f"| {k} | {v['n']} | {fmt(v['psi'])} | {fmt(v.get('noise_floor'))} | {v['level']} | "

@@ -213,7 +213,8 @@ def model_checks(model: dict[str, Any], data_drift: dict[str, Any]) -> list[dict
                          finding="No production image features to compare with the baseline."))
     else:
         drifting = data_drift["drifting"]
-        status = "pass" if not drifting else ("fail" if data_drift["enough_data"] else "warning")
+        # Too few images is no evidence either way: a warning, whether or not a feature looks drifted.
+        status = ("fail" if drifting else "pass") if data_drift["enough_data"] else "warning"
         out.append(check("data_drift", title, status,
                          {k: data_drift.get(k) for k in ("n", "max_psi", "drifting", "enough_data")},
                          "PSI per image feature against the training frames, judged after its sampling noise",

@@ -1,6 +1,7 @@
 """The audit pack's plots: each with a title, labelled axes and a caption saying what to look for."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,12 @@ class Plot:
     title: str
     caption: str
     section: str
+
+
+def _frame(name: Any) -> str:
+    """A frame's number from its file name (vid_4_600.jpg -> 600): the long names overlap as tick labels."""
+    found = re.search(r"(\d+)\.\w+$", str(name))
+    return found.group(1) if found else str(name)
 
 
 def make_plots(report: dict[str, Any], folder: Path) -> dict[str, Plot]:
@@ -117,7 +124,8 @@ def make_plots(report: dict[str, Any], folder: Path) -> dict[str, Plot]:
         x = np.arange(len(blocks))
         ax.bar(x - 0.2, [b.get("ap50") or 0 for b in blocks], 0.4, label="AP50", color="#3a7bd5")
         ax.bar(x + 0.2, [b.get("ap50_95") or 0 for b in blocks], 0.4, label="AP50-95", color="#8250df")
-        ax.set_xticks(x, [f"{b.get('block')}\n{b.get('first_frame')}-{b.get('last_frame')}" for b in blocks], fontsize=7)
+        ax.set_xticks(x, [f"{b.get('block')}\n{_frame(b.get('first_frame'))}-{_frame(b.get('last_frame'))}" for b in blocks],
+                      fontsize=7)
         ax.set_ylim(0, 1)
         save(fig, ax, ("held-out block (frames)", "average precision"), "crossval", "Cross-validated AP per held-out block",
              "Blocks far below the others are parts of the drive the model handles worse; the spread is the "

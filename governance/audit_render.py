@@ -18,6 +18,7 @@ from typing import Any
 import markdown
 
 from governance.audit_markdown import fmt, performance_markdown, usage_markdown
+from governance.audit_model_html import model_html
 from governance.audit_plots import Plot
 from services.common.config import settings
 
@@ -152,48 +153,8 @@ def _frameworks(report: dict[str, Any]) -> str:
 
 
 def _model(report: dict[str, Any], plots: dict[str, Plot]) -> str:
-    m, checks = report["model"], _checks(report)
-    head = table(["item", "value"], [[k, esc(v)] for k, v in (
-        ("version served", f"{m['version']} ({m['version_source']})"), ("exported", m.get("exported_at")),
-        ("git commit", m.get("git_commit")), ("architecture", m.get("architecture")), ("input size", m.get("input_size")),
-        ("operating threshold", m.get("operating_threshold")), ("precision at that threshold", m.get("operating_precision")))])
-    out = [f"<section id='model'><h2>Model — the served version</h2>{head}<h3>Cross-validation</h3>"]
-    cv = m["crossval"]
-    if isinstance(cv, dict):
-        pooled, spread = cv.get("pooled") or {}, cv.get("spread") or {}
-        out.append(f"<p>{esc(cv.get('k'))} held-out blocks of consecutive frames, {esc(cv.get('gap_frames'))} frames of gap "
-                   f"on each side, input {esc(cv.get('input_size'))}, threshold {esc(cv.get('threshold'))}. Pooled: AP50 "
-                   f"{esc(pooled.get('ap50'))}, AP50-95 {esc(pooled.get('ap50_95'))}, precision {esc(pooled.get('precision'))}, "
-                   f"recall {esc(pooled.get('recall'))}; spread (std) AP50 {esc(spread.get('ap50_std'))}. "
-                   f"Measured by {check_links(['model_validation'], checks)}.</p>")
-        out.append(value_html(cv.get("blocks") or []))
-    else:
-        out.append(f"<p>Cross-validation: {esc(cv)} for this version ({check_links(['model_validation'], checks)}).</p>")
-    out.append(figure(plots["crossval"]) if "crossval" in plots else "")
-    val = m["validation"]
-    out.append("<h3>Validation slices</h3>")
-    if isinstance(val, dict):
-        rows = [[esc(k), *(esc(s.get(f)) for f in ("n_gt", "ap50", "ap50_95", "precision", "recall", "f1"))]
-                for k, s in val["slices"].items()]
-        out.append(f"<p>{esc(val.get('num_images'))} validation images at threshold {esc(val.get('threshold'))}.</p>"
-                   + table(["slice", "boxes", "AP50", "AP50-95", "precision", "recall", "F1"], rows))
-    else:
-        out.append(f"<p>Validation slices: {esc(val)}.</p>")
-    cal = m["calibration"]
-    out.append("<h3>Calibration</h3>")
-    if isinstance(cal, dict):
-        out.append(f"<p>{esc(cal.get('method'))} scaling fitted on {esc(cal.get('fitted_on'))}: expected calibration error "
-                   f"{esc(cal.get('ece_before'))} before, {esc(cal.get('ece_after'))} after. Calibration is monotonic, so AP "
-                   f"does not change. Measured by {check_links(['calibration'], checks)}.</p>")
-    else:
-        out.append(f"<p>Calibration: {esc(cal)} for this version ({check_links(['calibration'], checks)}); scores are "
-                   f"detector confidences, not probabilities.</p>")
-    out.append(figure(plots["reliability"]) if "reliability" in plots else "")
-    out.append(f"<h3>Drift against the training baseline</h3><p>{value_html(m['drift'])}</p><p>Measured by "
-               f"{check_links(['data_drift'], checks)}.</p>")
-    out.append(figure(plots["drift"]) if "drift" in plots else "")
-    out.append(f"<h3>Runtime</h3>{value_html(m['runtime'])}</section>")
-    return "".join(out)
+    checks = _checks(report)
+    return model_html(report, plots, esc, table, figure, lambda ids: check_links(ids, checks))
 
 
 def report_to_html(report: dict[str, Any], plots: dict[str, Plot]) -> str:

@@ -134,9 +134,14 @@ def test_the_model_section_reads_the_served_version(pack, browser):
         assert browser.find_elements("css selector", "#model img[alt^='Reliability diagram']")
     validation = model["validation"]
     if isinstance(validation, dict) and validation.get("slices"):  # a version with a held-out block of its own
-        assert f"{validation['slices']['all']['ap50']:.3f}" in section
-    else:  # trained on every frame: the cross-validated figures are the ones to report
+        slices = validation["slices"]
+    else:  # trained on every frame: the cross-validated figures and slices are the ones to report
         assert f"{model['crossval']['pooled']['ap50']:.3f}" in section, section[:600]
+        slices = model["crossval"]["pooled"]["slices"]
+    rows = browser.find_elements("xpath", "//h3[@id='slices']/following-sibling::table[1]//tr[td]")
+    assert [r.find_elements("tag name", "td")[0].text for r in rows] == list(slices)
+    assert [r.find_elements("tag name", "td")[2].text for r in rows] == [f"{s['ap50']:.3f}" if s["ap50"] is not None
+                                                                         else "n/a" for s in slices.values()]
 
 
 def test_the_pdf_has_a_page_per_section(pack):

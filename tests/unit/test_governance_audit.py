@@ -137,6 +137,55 @@ def test_a_quoted_figure_the_measurement_contradicts_is_reported(tmp_path, monke
     assert {(b["document"], b["quoted"]) for b in bad} == {("MODEL_CARD.md", "0.777"), ("RGPD.md", "45")}, bad
 
 
+def test_every_kind_of_quoted_figure_is_checked_against_its_measurement(tmp_path, monkeypatch):
+    """One stale figure of each kind, in the document that quotes it: the datasheet's counts and
+    drift-baseline statistics, the model card's calibration (ECE, parameters, threshold on
+    either scale), the checklist's thresholds, a phrase wrapped onto the next line."""
+    monkeypatch.setenv("TRITON_HTTP_URL", "127.0.0.1:9")
+    root = copy_docs(tmp_path)
+    edits = {"DATASHEET.md": [("| boxes | **464**", "| boxes | **465**"), ("contrast 61.9", "contrast 61.1"),
+                              ("sharpness\n(Laplacian variance, on the feature service's reduced-scale decode) 2150",
+                               "sharpness\n(Laplacian variance, on the feature service's reduced-scale decode) 888"),
+                              ("medium 389", "medium 390")],
+             "MODEL_CARD.md": [("**0.137 before, 0.013 after**", "**0.137 before, 0.031 after**"),
+                               ("T = 0.281", "T = 0.381"), ("**0.455 on the\ncalibrated scale (raw 0.45)",
+                                                          "**0.555 on the\ncalibrated scale (raw 0.40)"),
+                               ("AP50\n  is 0.29, recall", "AP50\n  is 0.39, recall")],
+             "CHECKLIST_GOUVERNANCE.md": [("seuil 0.45 sur le score brut, 0.4554 calibré",
+                                           "seuil 0.45 sur le score brut, 0.5554 calibré")]}
+    for name, pairs in edits.items():
+        text = (root / name).read_text()
+        for old, new in pairs:
+            assert old in text, (name, old)
+            text = text.replace(old, new)
+        (root / name).write_text(text)
+    bad = {(b["document"], b["figure"].split(" (")[0], b["quoted"]) for b in figures.check_documents(root)["contradictions"]}
+    assert bad == {("DATASHEET.md", "data set boxes", "465"), ("DATASHEET.md", "baseline contrast", "61.1"),
+                   ("DATASHEET.md", "baseline sharpness", "888"), ("DATASHEET.md", "medium boxes", "390"),
+                   ("MODEL_CARD.md", "ECE after", "0.031"), ("MODEL_CARD.md", "calibration temperature", "0.381"),
+                   ("MODEL_CARD.md", "calibrated threshold", "0.555"), ("MODEL_CARD.md", "raw threshold", "0.40"),
+                   ("MODEL_CARD.md", "ap50", "0.39"),
+                   ("CHECKLIST_GOUVERNANCE.md", "calibrated threshold", "0.5554")}, bad
+
+
+def test_the_model_section_of_a_version_trained_on_every_frame_shows_its_cross_validated_slices(monkeypatch):
+    """The committed newest version has no validation block of its own: the pack shows the
+    pooled out-of-fold slices, and the blocks as one flat table (no table nested in it)."""
+    monkeypatch.setenv("TRITON_HTTP_URL", "127.0.0.1:9")
+    from governance.audit_render import _model
+
+    model = model_section({"error": "no baseline"})
+    assert model["validation"] == "not measured" and model["crossval"]["pooled"]["slices"]
+    html = _model({"model": model, "compliance": {"checks": []}}, {})
+    slices = html[html.index("id='slices'"):html.index("<h3>Calibration")]
+    for name, figures_of in model["crossval"]["pooled"]["slices"].items():
+        assert f"<td>{name.replace('<', '&lt;').replace('>', '&gt;')}</td><td>{figures_of['n_gt']}</td>" \
+               f"<td>{figures_of['ap50']:.3f}</td>" in slices, name
+    blocks = html[html.index("<h3>Cross-validation"):html.index("id='slices'")]
+    assert blocks.count("<table") == 1 and blocks.count("<tr>") == 1 + len(model["crossval"]["blocks"])
+    assert "Slices: not measured" not in html and "does not change" in html
+
+
 def test_documents_that_describe_another_version_than_the_served_one_fail(v3):
     bad = figures.check_documents()["contradictions"]
     assert any(b["figure"] == "model card version" and str(b["measured"]) == str(v3["version"]) for b in bad), bad
@@ -165,3 +214,12 @@ def test_an_audit_with_every_service_down_says_what_it_could_not_measure(tmp_pat
     assert report["database"] == "sqlite" and report["frameworks"]["annex_iv"]
     html = report_file.with_suffix(".html").read_text()
     assert html.count("<section id=") == 10 and html.index("id='summary'") < html.index("<details>")
+
+
+def test_drift_on_too_few_images_is_a_warning_whatever_it_shows():
+    model = {"version": "4", "crossval": "not measured", "calibration": "not measured"}
+    few = {"features": {"brightness": {}}, "n": 2, "max_psi": 8.3, "drifting": [], "enough_data": False}
+    status = {name: model_checks(model, data)[2]["status"] for name, data in (
+        ("few", few), ("few drifting", {**few, "drifting": ["brightness"]}), ("enough", {**few, "n": 300, "enough_data": True}),
+        ("enough drifting", {**few, "n": 300, "enough_data": True, "drifting": ["brightness"]}))}
+    assert status == {"few": "warning", "few drifting": "warning", "enough": "pass", "enough drifting": "fail"}

@@ -115,5 +115,18 @@ def test_a_small_undrifted_sample_is_not_called_drifted():
               for _ in range(40)]
     report = drift.drift(baseline, sample)
     assert not report["enough_data"]
-    assert report["features"]["brightness"]["noise_floor"] == 0.225
+    assert report["features"]["brightness"]["noise_floor"] >= 0.225  # at least the chi-square figure (k - 1) / n
     assert report["features"]["brightness"]["level"] != "significant"
+
+
+def test_two_training_frames_are_not_called_drifted_and_forty_night_frames_are():
+    """With two images most bins are empty and the PSI of undrifted images is 6.8-8.3, far above
+    (k - 1) / n = 4.5: the simulated floor keeps two of the training frames themselves stable,
+    and still calls 40 night frames (the brightness of the darkest training frames halved) drifted."""
+    baseline = drift.load_baseline()
+    edges = baseline["features"]["brightness"]["edges"]
+    inside = [{"brightness": (edges[0] + edges[1]) / 2}, {"brightness": (edges[5] + edges[6]) / 2}]
+    two = drift.drift(baseline, inside)["features"]["brightness"]
+    assert two["psi"] > (len(edges) + 1 - 1) / 2 and two["level"] == "stable", two
+    night = drift.drift(baseline, [{"brightness": edges[0] / 2 - i / 10} for i in range(40)])["features"]["brightness"]
+    assert night["level"] == "significant" and night["psi_excess"] > 5, night

@@ -94,3 +94,31 @@ def test_int8_gate_on_real_metrics_fails_when_quantisation_loses_boxes() -> None
     assert int8_gate(scored(fp32), scored(fp32))["passed"]
     gate = int8_gate(scored(fp32), scored(int8))
     assert not gate["passed"] and gate["drops"]["pooled_ap50_drop"] > 0.01
+
+
+
+def test_the_served_versions_own_map_leaves_ap_unchanged() -> None:
+    """The map the newest version serves (its model_metadata.json, applied in float32 as
+    Triton returns it), over the raw scores its out-of-fold detections reached (the
+    reliability bins with detections): strictly increasing there, so AP is the raw scores'.
+    Its steep map saturates in float32 above raw 0.99 (ties at 1.0): the test also shows that
+    no recorded detection scored that high."""
+    import json
+    from pathlib import Path
+
+    served = Path(__file__).resolve().parents[2] / "model_repository" / "car_detector"
+    newest = max((p for p in served.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    record = json.loads((newest / "model_metadata.json").read_text())["calibration"]
+    rel = record["reliability"]
+    top = max(rel["bin_edges"][i + 1] for i, n in enumerate(rel["counts"]) if n)  # highest raw score bin reached
+    assert top <= 0.96, top  # below where the float32 map starts to tie
+    grid = np.arange(0.05, top, 1e-4).astype(np.float32)
+    assert np.all(np.diff(calibrate(grid, record)) > 0)
+    rng = np.random.default_rng(4)
+    results = [ImageResult(r.gt_boxes, r.gt_labels, r.boxes,  # a third of cars and false boxes in the top bin
+                           np.where(rng.random(len(r.scores)) < 0.3, rng.uniform(top - 0.1, top, len(r.scores)),
+                                    r.scores).astype(np.float32), r.labels, r.width, r.height)
+               for r in _detections(5)]
+    raw = evaluate(results, ["car"], 0.5)
+    served_scores = evaluate(_calibrated(results, lambda s: calibrate(s, record)), ["car"], 0.5)
+    assert served_scores["ap50"] == raw["ap50"] and served_scores["ap50_95"] == raw["ap50_95"], (raw, served_scores)
