@@ -86,28 +86,37 @@ class TritonCpu:
         return sum(max(0.0, self._cpu(p) - self.before.get(p.pid, 0.0)) for p in self.procs)
 
 
-def plot(report: dict, labels: dict[str, str], path: Path) -> bool:
+def plot(report: dict, labels: dict[str, str], path: Path, title: str | None = None) -> bool:
+    """Throughput and p95 latency per concurrency, one line per path of `report["results"]`
+    (make bench; make perf draws its two tools with it too). False when matplotlib is missing."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullLocator
     except ImportError:
         return False
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    levels: set[int] = set()
     for name, rows in report["results"].items():
         cs = [r["concurrency"] for r in rows]
+        levels.update(cs)
         a.plot(cs, [r["images_per_s"] for r in rows], "o-", label=labels.get(name, name))
         b.plot(cs, [r["p95_ms"] for r in rows], "o-", label=labels.get(name, name))
-    for ax, title, unit in ((a, "throughput", "images/s"), (b, "p95 latency", "ms")):
+    # p95 on a log scale: the naive baseline's seconds would otherwise flatten every other line.
+    for ax, heading, unit, yscale in ((a, "throughput", "images/s", "linear"), (b, "p95 latency", "ms (log)", "log")):
         ax.set_xscale("log", base=2)
+        ax.set_yscale(yscale)
+        ax.set_xticks(sorted(levels), [str(level) for level in sorted(levels)])
+        ax.xaxis.set_minor_locator(NullLocator())  # the measured levels only, as plain numbers
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel(unit)
-        ax.set_title(title)
+        ax.set_title(heading)
         ax.grid(alpha=0.3)
     a.legend(fontsize=7)
     c = report.get("conditions", {})
-    fig.suptitle(f"make bench, model v{c.get('model_version', '?')}, {c.get('cpu', '')}", fontsize=9)
+    fig.suptitle(title or f"make bench, model v{c.get('model_version', '?')}, {c.get('cpu', '')}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -5,7 +5,8 @@ over gRPC with the benchmark's frames as input data, then, right after and on th
 frames, `make bench`'s Triton-direct client (loadtest/bench.py) for PERF_BENCH_SECONDS, so
 the two tools' figures come from the same minutes of the same machine. Prints one table
 with both, and saves perf_analyzer's CSV (all its columns, one row per concurrency) plus the
-side-by-side table under $VAR_DIR/perf/.
+side-by-side table and a plot of both (throughput and p95 latency per concurrency,
+latest.png, drawn by make bench's plotting code) under $VAR_DIR/perf/.
 
 Uses the stack on the configured ports if it is up, else starts it and stops it afterwards
 (as `make bench` does). The perf_analyzer binary comes from PERF_ANALYZER (set by
@@ -34,6 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from loadtest import bench, bench_paths, bench_stack  # noqa: E402 - the same frames, client and stack handling as make bench
+from loadtest.bench_model import plot  # noqa: E402
 
 MODEL = "car_detector"
 OUT_DIR = Path(bench_stack.ENV["VAR_DIR"]) / "perf"
@@ -131,6 +133,19 @@ def markdown(rows: list[dict], conditions: dict) -> str:
     return "\n".join(lines)
 
 
+def plot_rows(rows: list[dict], conditions: dict, path: Path) -> bool:
+    """Both tools on one figure, in the shape make bench plots its paths (images/s and p95 ms
+    per concurrency), so the two pictures read alike; False when matplotlib is missing."""
+    series = {"perf_analyzer": [{"concurrency": r["concurrency"], "images_per_s": r["perf_analyzer_images_per_s"],
+                                 "p95_ms": r["perf_analyzer_p95_ms"]} for r in rows]}
+    if "bench_images_per_s" in rows[0]:
+        series["bench"] = [{"concurrency": r["concurrency"], "images_per_s": r["bench_images_per_s"],
+                            "p95_ms": r["bench_p95_ms"]} for r in rows]
+    labels = {"perf_analyzer": "Triton perf_analyzer (gRPC)", "bench": "make bench's Triton-direct client (gRPC)"}
+    return plot({"results": series, "conditions": conditions}, labels, path,
+                title=f"make perf, model v{conditions['model_version']}, {conditions['cpu']}")
+
+
 def main() -> int:
     began = time.perf_counter()
     levels = concurrency_levels(os.environ.get("PERF_CONCURRENCY", "1:8"))
@@ -181,7 +196,9 @@ def main() -> int:
     (OUT_DIR / "latest.json").write_text(json.dumps({"conditions": conditions, "rows": rows}, indent=2))
     (OUT_DIR / "latest.md").write_text(table + "\n")
     print(table)
-    bench_stack.log(f"\nsaved {OUT_DIR / 'perf_analyzer.csv'}, side_by_side.csv, latest.json and latest.md; "
+    plotted = plot_rows(rows, conditions, OUT_DIR / "latest.png")
+    bench_stack.log(f"\nsaved {OUT_DIR / 'perf_analyzer.csv'}, side_by_side.csv, latest.json, latest.md"
+                    f"{' and latest.png' if plotted else ''}; "
                     f"{conditions['elapsed_s']:.0f} s in all")
     return 0
 

@@ -169,6 +169,20 @@ def test_a_wrong_key_shows_the_apis_401_message(stack, http, browser):
     assert browser.find_element(By.ID, "detect-result").get_attribute("hidden") is not None
 
 
+def test_a_file_that_is_not_an_image_shows_the_apis_415_message(stack, http, browser, tmp_path):
+    not_an_image = tmp_path / "notes.jpg"
+    not_an_image.write_bytes(b"these are notes, not a JPEG\n" * 20)
+    expected = http.post(f"{stack.gateway}/api/detect", headers=headers("client"), data={"user_id": "x"},
+                         files={"image": ("notes.jpg", not_an_image.read_bytes(), "image/jpeg")}, timeout=30)
+    assert expected.status_code == 415, expected.text
+    open_console(browser, stack, KEYS["client"])
+    upload(browser, not_an_image, "console-bad-file")
+    error = wait_for(browser, EC.visibility_of_element_located((By.ID, "error")), 30)
+    assert error.get_attribute("data-status") == "415"
+    assert error.text.startswith(f"415: {expected.json()['error']}")
+    assert browser.find_element(By.ID, "detect-result").get_attribute("hidden") is not None
+
+
 def test_dpo_looks_up_exports_and_erases_a_subject(stack, http, browser, downloads):
     subject = f"console-subject-{uuid.uuid4().hex[:8]}"
     made = http.post(f"{stack.gateway}/api/detect", headers=headers("client"), data={"user_id": subject},
@@ -245,8 +259,14 @@ def test_the_latest_audit_report_is_shown_to_dpo_and_admin(stack, http, browser)
     assert len(plots) == len(latest.json()["plots"])
     assert all(browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", p) for p in plots)
     assert csp_violations(browser) == []
-    height = browser.execute_script("return document.documentElement.scrollHeight")
-    browser.set_window_size(1400, min(max(height, 1000), 2400))
+    # The whole page in one picture: the window's chrome takes part of its height, and the
+    # layout reflows on a resize, so grow the window until the page fits (capped).
+    for _ in range(3):
+        height = browser.execute_script("return document.documentElement.scrollHeight")
+        if height <= browser.execute_script("return window.innerHeight"):
+            break
+        outer = browser.get_window_size()["height"] - browser.execute_script("return window.innerHeight")
+        browser.set_window_size(1400, min(height + outer, 2600))
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(SCREENSHOT_DIR / "console.png"))
     browser.set_window_size(1400, 1000)
