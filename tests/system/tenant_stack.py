@@ -1,6 +1,7 @@
 """Extra instances of the stack's services for the tenant and data-subject tests: a second
 gateway whose calls to the results service and the adapter pass through recording relays
-(the real services answer; the relays only keep a copy of what was sent), and a gateway +
+(the real services answer; the relays only keep a copy of what was sent, and may drop the
+model's image statistics, as an older model version answers), and a gateway +
 results service pair whose pseudonymisation key was rotated with the documented command."""
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def _http_relay(target: str, recorder: Recorder) -> ThreadingHTTPServer:
     return server
 
 
-def _grpc_relay(target: str, recorder: Recorder) -> tuple[grpc.Server, int]:
+def _grpc_relay(target: str, recorder: Recorder, without_image_stats: bool = False) -> tuple[grpc.Server, int]:
     from services.proto import model_serving_pb2_grpc as pb_grpc
 
     upstream = pb_grpc.ModelServingStub(grpc.insecure_channel(target))
@@ -106,9 +107,12 @@ def _grpc_relay(target: str, recorder: Recorder) -> tuple[grpc.Server, int]:
             with recorder.lock:
                 recorder.grpc.append(request.SerializeToString())
             try:
-                return upstream.Predict(request, timeout=60, metadata=passed_on(context))
+                answer = upstream.Predict(request, timeout=60, metadata=passed_on(context))
             except grpc.RpcError as error:
                 context.abort(error.code(), error.details() or "")
+            if without_image_stats:  # as a version before 5, or Triton on TensorFlow (GPU), answers
+                answer.ClearField("image_stats")
+            return answer
 
         def HealthCheck(self, request, context):  # noqa: N802
             return upstream.HealthCheck(request, timeout=5, metadata=passed_on(context))
@@ -122,11 +126,12 @@ def _grpc_relay(target: str, recorder: Recorder) -> tuple[grpc.Server, int]:
 
 
 @contextmanager
-def recorded_gateway(stack: Stack, var: Path) -> Iterator[tuple[str, Recorder]]:
-    """(URL of a second gateway, what it sent to the results service and the adapter)."""
+def recorded_gateway(stack: Stack, var: Path, without_image_stats: bool = False) -> Iterator[tuple[str, Recorder]]:
+    """(URL of a second gateway, what it sent to the results service and the adapter).
+    without_image_stats: the adapter's answers reach it without the model's image statistics."""
     recorder = Recorder()
     http_relay = _http_relay(stack.url("RESULTS_PORT"), recorder)
-    grpc_relay, grpc_port = _grpc_relay(stack.adapter, recorder)
+    grpc_relay, grpc_port = _grpc_relay(stack.adapter, recorder, without_image_stats)
     env = service_env(stack, var, RESULTS_SERVICE_URL=f"http://127.0.0.1:{http_relay.server_address[1]}",
                       MODEL_SERVING_ADDR=f"127.0.0.1:{grpc_port}")
     try:

@@ -132,12 +132,39 @@ def test_feature_relay_turns_a_5xx_into_a_clean_503(broken_gateway):
     assert "internal error" not in answer.text
 
 
-def test_detect_without_features_when_the_feature_service_answers_5xx(broken_gateway, sqlite_results):
-    request_id = f"nofeat-{uuid.uuid4().hex[:12]}"
+def test_detect_takes_the_pixel_statistics_from_the_model_not_the_feature_service(broken_gateway, sqlite_results, stack):
+    """From version 5 the model returns the image's statistics, computed from the pixels it
+    decoded: a detection does not need the feature service (here it answers only 500), and
+    what is stored is the header features plus exactly the model's statistics."""
+    from services.common import image_features
+    from services.common.triton_client import TritonModel
+
+    request_id = f"modelfeat-{uuid.uuid4().hex[:12]}"
     answer = _detect(broken_gateway, request_id)
-    assert answer.status_code == 201 and answer.json()["features"] is None and answer.json()["detections"], answer.text
+    assert answer.status_code == 201 and answer.json()["detections"], answer.text
+    features = answer.json()["features"]
+    model_stats = TritonModel(stack.triton_grpc).infer([frame()]).images[0].image_stats
+    assert model_stats and set(model_stats) == set(image_features.PIXEL)
+    assert {name: features[name] for name in image_features.PIXEL} == model_stats
+    assert (features["width"], features["height"], features["format"], features["byte_size"]) == (676, 380, "JPEG", len(frame()))
     stored = requests.get(f"{sqlite_results[0]}/predictions/{request_id}", headers=INTERNAL_HEADERS, timeout=30).json()
-    assert stored["features"] is None and stored["detections"] == answer.json()["detections"]
+    assert stored["features"] == features and stored["detections"] == answer.json()["detections"]
+
+
+def test_a_version_without_statistics_gets_its_features_from_the_feature_service(stack, http, tmp_path):
+    """Versions before 5, and Triton on the TensorFlow graph (GPU), return no statistics: the
+    gateway then asks the feature service, and stores its answer."""
+    from tests.system.tenant_stack import recorded_gateway
+
+    request_id = f"oldmodel-{uuid.uuid4().hex[:12]}"
+    with recorded_gateway(stack, tmp_path / "old-model", without_image_stats=True) as (gateway, _):
+        answer = _detect(gateway, request_id)
+    assert answer.status_code == 201 and answer.json()["detections"], answer.text
+    direct = http.post(f"{stack.url('FEATURE_PORT')}/preprocess?include_image=false", data=frame(),
+                       headers={"Content-Type": "image/jpeg"}, timeout=30).json()["features"]
+    assert answer.json()["features"] == direct
+    stored = requests.get(f"{stack.gateway}/api/results/predictions/{request_id}", headers=headers("client"), timeout=30)
+    assert stored.status_code == 200 and stored.json()["features"] == direct, stored.text
 
 
 # --------------------------------------------------------------------------- explain

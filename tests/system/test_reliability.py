@@ -300,9 +300,13 @@ def test_results_service_down_means_503_and_nothing_stored(stack, http):
         "latency_ms": [round(s * 1000, 1) for s in latencies], "stored_later": 0})
 
 
-def test_feature_service_down_still_serves_detections(stack, http):
-    """Features are monitoring data: without the feature service detections are still
-    served and stored (features null), and the gap is logged."""
+def test_feature_service_down_still_serves_detections(stack, http, tmp_path):
+    """The feature service is not on a detection's path (the model returns the image's
+    statistics): without it detections are served and stored with their features. For a
+    version that returns none, features are monitoring data: detections are still served
+    and stored (features null), and the gap is logged."""
+    from tests.system.tenant_stack import recorded_gateway
+
     user = f"no-features-{uuid.uuid4().hex[:8]}"
     truncated = frame()[: len(frame()) // 2]
     with stopped(stack, "feature-service"):
@@ -312,13 +316,22 @@ def test_feature_service_down_still_serves_detections(stack, http):
         refused = requests.post(f"{stack.gateway}/api/detect", timeout=TIMEOUT_S + 5,
                                 headers=headers("client", **{"X-Request-ID": f"{user}-truncated"}),
                                 files={"image": ("frame.jpg", truncated, "image/jpeg")}, data={"user_id": user})
+        with recorded_gateway(stack, tmp_path / "old-model", without_image_stats=True) as (old_model_gateway, _):
+            without = requests.post(f"{old_model_gateway}/api/detect", timeout=TIMEOUT_S + 5,
+                                    headers=headers("client", **{"X-Request-ID": f"{user}-old-model"}),
+                                    files={"image": ("frame.jpg", frame(), "image/jpeg")}, data={"user_id": user})
+        gap_logged = "features unavailable" in (tmp_path / "old-model" / "gateway.app.log").read_text()
     for answer in answers:
         assert answer.status_code == 201, answer.text
-        assert answer.json()["features"] is None and answer.json()["detections"]
-    assert stored_ids(stack, [a.json()["request_id"] for a in answers]) == {a.json()["request_id"] for a in answers}
+        assert answer.json()["features"]["brightness"] > 0 and answer.json()["detections"]
+    assert without.status_code == 201 and without.json()["features"] is None and without.json()["detections"], without.text
+    assert gap_logged
+    request_ids = [a.json()["request_id"] for a in answers] + [f"{user}-old-model"]
+    assert stored_ids(stack, request_ids) == set(request_ids)
     assert refused.status_code == 400 and "image" in refused.json()["error"], refused.text
     assert not stored_ids(stack, [f"{user}-truncated"])
-    record_figures("feature_service_down", {"requests": len(answers), "status": 201, "features": None,
+    record_figures("feature_service_down", {"requests": len(answers) + 1, "status": 201,
+                                            "features": "from the model; null for a version without statistics",
                                             "latency_ms": [round(a.elapsed.total_seconds() * 1000, 1) for a in answers]})
 
 

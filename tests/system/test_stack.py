@@ -3,6 +3,7 @@ results stored in PostgreSQL and read back, with authentication and roles."""
 from __future__ import annotations
 
 import csv
+import json
 import uuid
 
 import grpc
@@ -11,6 +12,7 @@ import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common import image_features
 from services.common.explain import iou
 from services.proto import model_serving_pb2 as pb
 from services.proto import model_serving_pb2_grpc as pb_grpc
@@ -122,13 +124,18 @@ def test_triton_serves_the_contract_signature(stack):
     client = triton.InferenceServerClient(stack.triton_grpc)
     metadata = client.get_model_metadata("car_detector")
     assert {i.name for i in metadata.inputs} == {"IMAGE"}
-    assert {o.name for o in metadata.outputs} == {"BOXES", "SCORES", "LABELS"}
+    # CONTRACT.md's three outputs, plus the monitoring statistics (docs/api.md) from version 5.
+    outputs = {o.name: (o.datatype, list(o.shape)) for o in metadata.outputs}
+    assert outputs == {"BOXES": ("FP32", [-1, -1, 4]), "SCORES": ("FP32", [-1, -1]), "LABELS": ("BYTES", [-1, -1]),
+                       "IMAGE_STATS": ("BYTES", [-1, 1])}
     images = np.array([[frame("vid_4_1000.jpg")], [frame("vid_4_10000.jpg")]], dtype=np.object_)
     image_input = triton.InferInput("IMAGE", [2, 1], "BYTES")
     image_input.set_data_from_numpy(images)
-    result = client.infer("car_detector", [image_input], request_id="triton-direct")
+    result = client.infer("car_detector", [image_input], request_id="triton-direct")  # every output
     boxes, scores, labels = result.as_numpy("BOXES"), result.as_numpy("SCORES"), result.as_numpy("LABELS")
     assert boxes.shape[0] == scores.shape[0] == labels.shape[0] == 2 and boxes.shape[2] == 4
+    stats = [json.loads(element[0]) for element in result.as_numpy("IMAGE_STATS")]
+    assert [sorted(s) for s in stats] == [sorted(image_features.PIXEL)] * 2 and stats[0] != stats[1]
     for image_scores in scores:
         real = image_scores[image_scores > 0]
         # CONTRACT.md: descending, in [0, 1], kept down to a floor of *at most* 0.05 (the
