@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtest import bench_paths
-from loadtest.bench_model import TritonCpu, plot
+from loadtest.bench_model import PYTHON_SERVICES, ServiceCpu, TritonCpu, plot
 from loadtest.bench_paths import BASELINES, baseline, latest_savedmodel, start_baseline
 from loadtest.bench_report import LABELS, PATHS, markdown, verdicts
 from loadtest.bench_stack import (
@@ -135,13 +135,23 @@ def summarise(runs: list[dict], concurrency: int) -> dict:
     q = np.percentile(flat, [50, 95, 99]) if flat else [float("nan")] * 3
     per_round = [round(len(run["latencies"]) / run["wall_s"], 2) for run in runs]
     cpu = [run["triton_cpu_s"] for run in runs if "triton_cpu_s" in run]
+    per_service: dict[str, float] = {}
+    for run in runs:
+        for service, seconds in run.get("service_cpu_s", {}).items():
+            per_service[service] = per_service.get(service, 0.0) + seconds
+    service_ms = {service: round(1000 * seconds / len(flat), 2) for service, seconds in per_service.items()} \
+        if per_service and flat else None
     return {"concurrency": concurrency, "requests": len(flat), "errors": len(errors),
             "first_error": errors[0] if errors else None,
             "images_per_s": round(len(flat) / wall, 2) if wall else 0.0,
             "images_per_s_per_round": per_round,
             "p50_ms": round(float(q[0]), 1), "p95_ms": round(float(q[1]), 1), "p99_ms": round(float(q[2]), 1),
             "mean_ms": round(statistics.fmean(flat), 1) if flat else None,
-            "triton_cpu_ms_per_image": round(1000 * sum(cpu) / len(flat), 2) if cpu and flat else None}
+            "triton_cpu_ms_per_image": round(1000 * sum(cpu) / len(flat), 2) if cpu and flat else None,
+            # Gateway rows: CPU ms per detection of each stack service, and of the Python ones together.
+            "cpu_ms_per_request": service_ms,
+            "python_cpu_ms_per_request": round(sum(service_ms.get(name, 0.0) for name in PYTHON_SERVICES), 2)
+            if service_ms else None}
 
 
 def main() -> int:
@@ -175,11 +185,15 @@ def main() -> int:
                 order = SELECTED if round_ % 2 == 0 else SELECTED[::-1]
                 for name in order:
                     meter = TritonCpu(stack_processes()) if name == "triton_direct" else None
-                    if meter:
-                        meter.start()
+                    services = ServiceCpu(stack_processes()) if name == "gateway" else None
+                    for started in (meter, services):
+                        if started:
+                            started.start()
                     run = measure(factories[name], images, concurrency, SECONDS)
                     if meter:
                         run["triton_cpu_s"] = meter.stop()
+                    if services:
+                        run["service_cpu_s"] = services.stop()
                     runs[name][concurrency].append(run)
                     log(f"  c={concurrency:<3} round {round_ + 1}  {name:15} "
                         f"{len(run['latencies']) / run['wall_s']:7.2f} images/s  errors {len(run['errors'])}")

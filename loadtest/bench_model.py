@@ -6,6 +6,8 @@
   with as many streams as cores: what this machine can do with no server at all.
 - ``TritonCpu``: CPU seconds (user + system) of the tritonserver process and its python-backend
   stubs, read around a measurement, divided by the images sent: Triton's CPU per image.
+- ``ServiceCpu``: the same per service of the stack (gateway, feature, results, adapter, the
+  model, ...), for the CPU of one gateway detection (issue 13; loadtest/cpu_per_request.py).
 - ``plot``: images/s and p95 latency per path and concurrency (PNG beside latest.json).
 """
 from __future__ import annotations
@@ -84,6 +86,49 @@ class TritonCpu:
 
     def stop(self) -> float:
         return sum(max(0.0, self._cpu(p) - self.before.get(p.pid, 0.0)) for p in self.procs)
+
+
+# Matched against each process's command line, first match wins (the stubs' command line
+# names the model repository, so they are matched before tritonserver's own binary).
+SERVICES = {"triton_python_backend_stub": "Triton python backend (the model)", "tritonserver": "tritonserver",
+            "gateway.app": "gateway", "feature_service": "feature service", "results_service": "results service",
+            "model_serving": "gRPC adapter", "supervisord": "supervisord (log relay)", "redis-server": "Redis"}
+# What issue 13 counts as "the Python services" of a detection.
+PYTHON_SERVICES = ("gateway", "feature service", "results service", "gRPC adapter")
+
+
+def service_of(process: psutil.Process) -> str:
+    command = " ".join(process.cmdline())
+    return next((name for key, name in SERVICES.items() if key in command), command[:50])
+
+
+class ServiceCpu:
+    """CPU seconds per service of the stack between ``start()`` and ``stop()``; a process
+    that started or exited meanwhile is left out."""
+
+    def __init__(self, candidates: list[psutil.Process]) -> None:
+        self.procs = candidates
+        self.before: dict[int, tuple[str, float]] = {}
+
+    def _read(self) -> dict[int, tuple[str, float]]:
+        seen = {}
+        for process in self.procs:
+            try:
+                times = process.cpu_times()
+                seen[process.pid] = (service_of(process), times.user + times.system)
+            except psutil.Error:
+                pass
+        return seen
+
+    def start(self) -> None:
+        self.before = self._read()
+
+    def stop(self) -> dict[str, float]:
+        per_service: dict[str, float] = {}
+        for pid, (service, seconds) in self._read().items():
+            if pid in self.before:
+                per_service[service] = per_service.get(service, 0.0) + seconds - self.before[pid][1]
+        return per_service
 
 
 def plot(report: dict, labels: dict[str, str], path: Path, title: str | None = None) -> bool:

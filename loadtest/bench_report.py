@@ -25,6 +25,10 @@ TARGETS = [
     ("Triton direct / OpenVINO in process, throughput @c4", "triton_direct", "in_process_openvino", 4, ">=", 0.75),
     ("Triton CPU ms per image @c4", "triton_direct", "triton_cpu_ms_per_image", 4, "<=", 10.0),
     ("whole stack resident memory, peak (MB)", None, "stack_rss_mb", None, "<=", 1536.0),
+    # Issue 13 (the serving path): CPU of the Python services per detection, and the gateway's
+    # tail against Triton's own.
+    ("Python services' CPU ms per gateway detection @c4", "gateway", "python_cpu_ms_per_request", 4, "<=", 6.0),
+    ("gateway p95 / Triton direct p95 @c4", "gateway", "p95_ratio:triton_direct", 4, "<=", 2.0),
 ]
 
 
@@ -40,6 +44,9 @@ def verdicts(report: dict) -> list[dict]:
         elif other in PATHS:
             denominator = _value(rows, other, concurrency)
             value = _value(rows, path, concurrency) / denominator if denominator else float("nan")
+        elif other.startswith("p95_ratio:"):
+            denominator = _value(rows, other.split(":", 1)[1], concurrency, "p95_ms")
+            value = _value(rows, path, concurrency, "p95_ms") / denominator if denominator else float("nan")
         else:
             value = _value(rows, path, concurrency, other)
         if bound is None:
@@ -62,6 +69,14 @@ def markdown(report: dict) -> str:
                          f"{row['p95_ms']} | {row['p99_ms']} | {row['errors']} |")
     lines += ["", "| target | measured | bound | verdict |", "|---|---:|---:|---|"]
     lines += [f"| {v['target']} | {v['value']} | {v['bound']} | {v['verdict']} |" for v in report["verdicts"]]
+    cpu_rows = [(row["concurrency"], row["cpu_ms_per_request"]) for row in report["results"].get("gateway", [])
+                if row.get("cpu_ms_per_request")]
+    if cpu_rows:
+        lines += ["", "CPU ms per gateway detection, per stack service (utime + stime of its processes / requests):", "",
+                  "| concurrency | " + " | ".join(sorted(cpu_rows[0][1])) + " |",
+                  "|---:|" + "---:|" * len(cpu_rows[0][1])]
+        lines += [f"| {c} | " + " | ".join(str(ms.get(name, "-")) for name in sorted(cpu_rows[0][1])) + " |"
+                  for c, ms in cpu_rows]
     failing = [f"{LABELS[name]} @c{row['concurrency']}: {row['errors']} errors, first: {row['first_error']}"
                for name in PATHS for row in report["results"].get(name, []) if row["errors"]]
     if failing:

@@ -15,36 +15,13 @@ import argparse
 import resource
 import subprocess
 import sys
-from collections import defaultdict
 
 import psutil
 
 from services.common.config import REPO_ROOT
 
 from loadtest import bench, bench_paths, bench_stack  # noqa: E402
-
-# Matched against each process's command line, first match wins (the stubs' command line
-# names the model repository, so they are matched before tritonserver's own binary).
-SERVICES = {"triton_python_backend_stub": "Triton python backend (the model)", "tritonserver": "tritonserver",
-            "gateway.app": "gateway", "feature_service": "feature service", "results_service": "results service",
-            "model_serving": "gRPC adapter", "supervisord": "supervisord (log relay)"}
-
-
-def service_of(process: psutil.Process) -> str:
-    command = " ".join(process.cmdline())
-    return next((name for key, name in SERVICES.items() if key in command), command[:50])
-
-
-def cpu_seconds() -> dict[int, tuple[str, float]]:
-    """Per live stack process: (service, user + system CPU seconds so far)."""
-    seen = {}
-    for process in bench_stack.stack_processes():
-        try:
-            times = process.cpu_times()
-            seen[process.pid] = (service_of(process), times.user + times.system)
-        except psutil.Error:  # exited meanwhile
-            pass
-    return seen
+from loadtest.bench_model import PYTHON_SERVICES, ServiceCpu  # noqa: E402
 
 
 def own_cpu_seconds() -> float:
@@ -61,19 +38,19 @@ def main() -> int:
     try:
         images = bench.frames(16)
         bench.measure(bench_paths.gateway(), images, args.concurrency, 3)  # warm every worker and cache
-        before, client_before = cpu_seconds(), own_cpu_seconds()
+        meter = ServiceCpu(bench_stack.stack_processes())
+        meter.start()
+        client_before = own_cpu_seconds()
         run = bench.measure(bench_paths.gateway(), images, args.concurrency, args.seconds)
-        after, client_after = cpu_seconds(), own_cpu_seconds()
+        per_service = meter.stop()
+        client_after = own_cpu_seconds()
         summary = bench.summarise([run], args.concurrency)
         served = summary["requests"]
         if not served or summary["errors"]:
             print(f"not a valid measurement: {served} requests, {summary['errors']} errors "
                   f"({summary['first_error']})", file=sys.stderr)
             return 1
-        per_service: dict[str, float] = defaultdict(float)
-        for pid, (service, seconds) in after.items():
-            if pid in before:  # a process restarted during the run is left out
-                per_service[service] += seconds - before[pid][1]
+        python = sum(per_service.get(name, 0.0) for name in PYTHON_SERVICES)
         per_service["load client (this process)"] = client_after - client_before
         print(f"gateway at concurrency {args.concurrency} for {args.seconds:.0f} s: {served} requests, "
               f"{summary['images_per_s']} images/s, p50 {summary['p50_ms']} ms, p95 {summary['p95_ms']} ms; "
@@ -84,6 +61,7 @@ def main() -> int:
         total = sum(per_service.values())
         available = psutil.cpu_count() * run["wall_s"]
         print(f"| **total** | **{1000 * total / served:.1f}** |\n\n"
+              f"The Python services ({', '.join(PYTHON_SERVICES)}): {1000 * python / served:.1f} ms per detection\n"
               f"CPU available per request: {1000 * available / served:.1f} ms ({psutil.cpu_count()} cores)")
         return 0
     finally:
