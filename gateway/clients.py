@@ -13,15 +13,17 @@ Failure policy (docs/reliability.md):
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any, NamedTuple
+from urllib.parse import urlencode
 
 import grpc
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.exceptions import NewConnectionError
+import urllib3
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, ProtocolError
 
 from services.common import config, tls
 from services.common.resilience import CircuitBreaker, CircuitOpen
@@ -39,28 +41,32 @@ def unavailable(what: str, retry_after: str | None = None) -> ApiError:
     return ApiError(503, f"{what} is unavailable; retry later", {"Retry-After": retry_after or str(RETRY_AFTER_S)})
 
 
-def _never_sent(error: requests.RequestException) -> bool:
-    """True when the request certainly never reached the server (refused or connect timeout)."""
-    if isinstance(error, requests.ConnectTimeout):
-        return True
-    reason = getattr(error.args[0], "reason", None) if error.args else None
-    return isinstance(reason, NewConnectionError)
+class Answer:
+    """An internal service's answer: status, headers and the whole body."""
+
+    __slots__ = ("status_code", "headers", "content", "attempts")
+
+    def __init__(self, status_code: int, headers: Mapping[str, str], content: bytes, attempts: int = 1) -> None:
+        self.status_code, self.headers, self.content, self.attempts = status_code, headers, content, attempts
+
+    def json(self) -> Any:
+        return json.loads(self.content)
 
 
 class HttpService:
+    """urllib3 directly, not requests: on the detection path requests' own layers cost about
+    as much CPU as the HTTP exchange itself (docs/performance.md)."""
+
     def __init__(self, name: str, base_url: str) -> None:
         self.name, self.base_url = name, base_url.rstrip("/")
         self.breaker = CircuitBreaker(name)
-        self.session = requests.Session()
-        # Internal calls: no proxy or CA bundle from the environment (REQUESTS_CA_BUNDLE would
-        # silently replace TLS_CA_FILE); verification is never switched off.
-        self.session.trust_env = False
-        self.verify = tls.requests_verify()
+        # Internal calls: no proxy or CA bundle from the environment (only TLS_CA_FILE counts);
+        # verification is never switched off. No urllib3-level retries or redirects: the one
+        # retry below is decided here, knowingly.
+        self.pool = urllib3.PoolManager(
+            num_pools=4, maxsize=32, retries=False, timeout=urllib3.Timeout(connect=2.0, read=config.INTERNAL_TIMEOUT_S),
+            cert_reqs="CERT_REQUIRED", ca_certs=tls.ca_file() or None)
         self.auth_headers = {INTERNAL_TOKEN_HEADER: internal_token()}  # required: no token, no start
-        # No urllib3-level retries: the one retry below is decided here, knowingly.
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
 
     def ensure_available(self) -> None:
         """Raise the 503 now if the breaker is open, before spending work that would be
@@ -68,11 +74,18 @@ class HttpService:
         if self.breaker.state == "open":
             raise unavailable(f"the {self.name}", str(max(1, self.breaker.retry_after())))
 
-    def call(self, method: str, path: str, request_id: str, idempotent: bool | None = None,
-             **kwargs: Any) -> requests.Response:
+    def call(self, method: str, path: str, request_id: str, idempotent: bool | None = None, *,
+             data: bytes | None = None, json: Any = None, params: Mapping[str, str] | None = None,
+             headers: Mapping[str, str] | None = None) -> Answer:
         """One call, with at most one retry; 503 ApiError when the dependency is down.
         A 5xx answer is returned to the caller (and counted as a failure)."""
-        headers = {"X-Request-ID": request_id, **self.auth_headers, **kwargs.pop("headers", {})}
+        sent_headers = {"X-Request-ID": request_id, **self.auth_headers, **(headers or {})}
+        if json is not None:
+            data = _json_bytes(json)
+            sent_headers["Content-Type"] = "application/json"
+        url = f"{self.base_url}{path}"
+        if params:
+            url += ("&" if "?" in path else "?") + urlencode(params)
         idempotent = method.upper() in IDEMPOTENT_METHODS if idempotent is None else idempotent
         try:
             self.breaker.before_call()
@@ -80,27 +93,35 @@ class HttpService:
             raise unavailable(f"the {self.name}", open_.retry_after) from None
         for attempt in (1, 2):
             try:
-                answer = self.session.request(method, f"{self.base_url}{path}", headers=headers, verify=self.verify,
-                                              timeout=(2.0, config.INTERNAL_TIMEOUT_S), **kwargs)
-            except requests.ConnectionError as error:
-                if attempt == 1 and not isinstance(error, requests.ReadTimeout) and (idempotent or _never_sent(error)):
+                answer = self.pool.request(method, url, body=data, headers=sent_headers, redirect=False)
+            except ConnectTimeoutError:  # refused or not connected in time: certainly never sent
+                if attempt == 1:
                     time.sleep(RETRY_PAUSE_S)
                     continue
                 self.breaker.failure()
                 raise unavailable(f"the {self.name}") from None
-            except requests.RequestException:  # read timeout, or anything else: no retry
+            except ProtocolError:  # the connection broke mid-call: the server may have acted
+                if attempt == 1 and idempotent:
+                    time.sleep(RETRY_PAUSE_S)
+                    continue
+                self.breaker.failure()
+                raise unavailable(f"the {self.name}") from None
+            except HTTPError:  # read timeout, TLS, anything else: no retry
                 self.breaker.failure()
                 raise unavailable(f"the {self.name}") from None
             except BaseException:  # a local error says nothing about the dependency
                 self.breaker.release()
                 raise
-            if answer.status_code >= 500:
+            if answer.status >= 500:
                 self.breaker.failure()
             else:
                 self.breaker.success()
-            answer.attempts = attempt  # type: ignore[attr-defined]
-            return answer
+            return Answer(answer.status, answer.headers, answer.data, attempt)
         raise AssertionError("unreachable")
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 class _Stored(NamedTuple):
@@ -112,13 +133,13 @@ class ResultsService(HttpService):
     so it may be retried once; a 409 for the *retry* is checked against the stored
     record: if it is the prediction we sent, the first attempt stored it -> 201."""
 
-    def call(self, method: str, path: str, request_id: str, idempotent: bool | None = None,
-             **kwargs: Any) -> Any:
-        if not (method == "POST" and path == "/predictions" and "json" in kwargs):
+    def call(self, method: str, path: str, request_id: str, idempotent: bool | None = None,  # type: ignore[override]
+             **kwargs: Any) -> Answer | _Stored:
+        if not (method == "POST" and path == "/predictions" and kwargs.get("json") is not None):
             return super().call(method, path, request_id, idempotent, **kwargs)
         sent = kwargs["json"]
         answer = super().call(method, path, request_id, True, **kwargs)
-        if answer.status_code == 409 and getattr(answer, "attempts", 1) > 1:
+        if answer.status_code == 409 and answer.attempts > 1:
             # Request ids are per client: look in the sender's namespace only.
             stored = super().call("GET", f"/predictions/{sent['request_id']}", request_id,
                                   params={"client_id": sent["client_id"]}, headers=kwargs.get("headers", {}))
