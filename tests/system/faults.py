@@ -283,8 +283,15 @@ class RetryingLoad(_Clients):
     prefix: str = field(default_factory=lambda: f"hard-{uuid.uuid4().hex[:8]}")
     deliveries: list[Delivery] = field(default_factory=list)
 
+    def _session(self) -> requests.Session:
+        return requests.Session()
+
+    def _send(self, request_id: str, session: requests.Session) -> requests.Response:
+        """One attempt; the composed stack's load (tests/compose) sends it over TLS instead."""
+        return detect(self.stack, self.user_id, request_id, session=session)
+
     def _run(self, index: int) -> None:
-        session = requests.Session()
+        session = self._session()
         for request_id in self._request_ids(index):
             delivery = Delivery(request_id)
             with self._lock:
@@ -293,7 +300,7 @@ class RetryingLoad(_Clients):
             while time.monotonic() < deadline:
                 started = time.perf_counter()
                 try:
-                    answer = detect(self.stack, self.user_id, delivery.request_id, session=session)
+                    answer = self._send(delivery.request_id, session)
                     status: int | str = answer.status_code
                     if status >= 500:
                         assert_clean_503(answer)
@@ -301,7 +308,7 @@ class RetryingLoad(_Clients):
                     elif status == 201:
                         delivery.answer = answer.json()
                 except requests.RequestException:
-                    status, session = AMBIGUOUS, requests.Session()
+                    status, session = AMBIGUOUS, self._session()
                 except AssertionError as error:
                     status = f"bad 5xx: {error}"
                 delivery.attempts.append(Outcome(delivery.request_id, status, time.perf_counter() - started))

@@ -34,11 +34,23 @@ def map_body(context, body):  # type: ignore[no-untyped-def]
         return body
     image = SMALL_JPEG if explain else JPEG
     if isinstance(body, dict) and isinstance(body.get("image"), (bytes, str)):
-        # a multipart part holds the bytes; a JSON body holds them in base64
-        body = {**body, "image": image if isinstance(body["image"], bytes) else base64.b64encode(image).decode()}
+        # A multipart part holds the bytes, a JSON body holds them in base64. Which one this
+        # body is for is not in the hook's context; an operation without a JSON alternative
+        # (every gateway route) is multipart, whatever type the generator drew (often a str).
+        as_bytes = isinstance(body["image"], bytes) or not _has_json_body(operation)
+        body = {**body, "image": image if as_bytes else base64.b64encode(image).decode()}
         user = body.get("user_id")
         if isinstance(user, str) and 1 <= len(user) <= 256:  # a valid one stays valid
             body["user_id"] = FUZZ_SUBJECT
+        elif user is not None and not isinstance(user, str) and as_bytes:
+            # A non-string user id is a type violation a multipart form cannot carry (true
+            # arrives as the text "true", a valid id): swap in one it can, an empty id.
+            body["user_id"] = ""
     elif isinstance(body, (bytes, bytearray)):
         body = image
     return body
+
+
+def _has_json_body(operation) -> bool:  # type: ignore[no-untyped-def]
+    alternatives = getattr(getattr(operation, "body", None), "items", None) or []
+    return any(getattr(a, "media_type", "") == "application/json" for a in alternatives)

@@ -8,8 +8,9 @@ features and explain reach their 2xx answers and those bodies are validated agai
 the response schemas; the gateway is fuzzed with an admin key and with a client key;
 the stateful phase follows links added here to the gateway's document (detect ->
 read -> feedback -> export -> erase). Each run must send a minimum number of requests,
-reach the 2xx answers named below, and follow the links (a read of an id that a detect
-returned). Not checked: `positive_data_acceptance` (the schema cannot say which
+reach the 2xx answers named below, and reach each step of that lifecycle with its success
+answer (a 200 read and a 201 feedback of an id a detect returned, a 200 export of the
+hooks' subject, and for the admin its 200 erasure). Not checked: `positive_data_acceptance` (the schema cannot say which
 strings are acceptable user ids or request ids)."""
 from __future__ import annotations
 
@@ -127,11 +128,20 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(stack, servi
     for method, prefix, status in MUST_REACH[service]:
         hits = sum(n for (m, p, s), n in reached.items() if m == method and p.startswith(prefix) and s == status)
         assert hits >= 1, f"{service}: no {status} to {method} {prefix}: {sorted(reached.items())[:40]}"
-    if service.startswith("gateway"):  # the stateful phase followed a detect's links
+    if service.startswith("gateway"):  # the stateful phase followed a detect's links, each step
         created = {json.loads(text)["request_id"] for method, path, status, text in answers
                    if (method, path, status) == ("POST", "/api/detect", 201) and text.startswith("{")}
-        followed = [path for method, path, status, _ in answers
-                    if path.startswith("/api/results/predictions/") and path.split("/")[4] in created]
-        assert followed, f"{service}: no read or contest of a detected request id"
+        # a fuzzer cannot guess a fresh request id, nor the hooks' subject in a path: these are the links
+        steps = {"read": ("GET", "", 200), "feedback": ("POST", "/feedback", 201)}
+        for step, (verb, suffix, status) in steps.items():
+            hits = [path for method, path, got, _ in answers if method == verb and got == status
+                    and re.fullmatch(rf"/api/results/predictions/([^/]+){suffix}", path)
+                    and path.split("/")[4] in created]
+            assert hits, f"{service}: the stateful phase never reached {step} ({verb} ... {status}) of a detected id"
+        subject = f"/api/results/predictions/user/{FUZZ_SUBJECT}"
+        lifecycle = [("GET", 200, "export")] + ([("DELETE", 200, "erase")] if service == "gateway-admin" else [])
+        for verb, status, step in lifecycle:
+            assert (verb, subject, status) in {(m, p, s) for m, p, s, _ in answers}, \
+                f"{service}: the stateful phase never reached {step} ({verb} {subject} {status})"
     print(f"{service}: {len(answers)} requests in {elapsed:.1f}s, "
           f"{sum(n for (_, _, s), n in reached.items() if 200 <= s < 300)} answered 2xx")

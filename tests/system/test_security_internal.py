@@ -255,7 +255,13 @@ def test_ready_probes_its_dependencies_at_most_once_a_second_per_worker(stack):
         answers = list(pool.map(lambda _: requests.get(f"{stack.gateway}/ready", timeout=30), range(60)))
     elapsed = time.monotonic() - started
     assert all(a.status_code == 200 for a in answers)
-    time.sleep(1.0)  # the access lines reach the log file
+    # A barrier, not a sleep: each worker writes its access line to the shared stdout pipe
+    # before answering, so once a request sent after the burst is in the file, all of the
+    # burst's lines are too (supervisord copies the pipe in order).
+    barrier = f"/flush-{uuid.uuid4().hex}"
+    assert requests.get(stack.url("RESULTS_PORT", barrier), headers=INTERNAL_HEADERS, timeout=30).status_code == 404
+    log = stack.var_dir / "log" / "results-service.jsonl"
+    assert wait_until(lambda: barrier in log.read_text(errors="replace"), 60), f"{barrier} never logged"
     probes = _ready_probes_seen(stack) - before
     workers = int(stack.env.get("GUNICORN_WORKERS", "2"))
     assert probes <= workers * (int(elapsed) + 2), (probes, round(elapsed, 2))

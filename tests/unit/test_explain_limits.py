@@ -43,11 +43,12 @@ def test_an_image_above_the_explanation_pixel_budget_is_refused_before_any_infer
 def test_the_deadline_bounds_the_whole_explanation(monkeypatch):
     monkeypatch.setenv("EXPLAIN_DEADLINE_S", "0.3")
     infer, calls = sees_one_car(delay_s=0.1)
-    started = time.monotonic()
     with pytest.raises(ExplainError) as late:
         explain_image(jpeg(120, 80), threshold=0.5, grid=(12, 8), infer=infer, guard=False)
     assert late.value.status == 503 and late.value.public and "0.3 s" in late.value.message
-    assert time.monotonic() - started < 1.0 and len(calls) < 13  # 13 batches were needed
+    # Counted in calls, not seconds (a loaded machine stretches every sleep): the 13 batches
+    # the explanation needed take 1.3 s, so the deadline stopped it before the last of them.
+    assert 1 <= len(calls) < 13, calls
 
 
 def test_the_deadline_is_the_remaining_time_given_to_each_triton_call(monkeypatch):

@@ -26,9 +26,11 @@ def test_the_own_shipper_delivers_every_event_when_logstash_is_up():
     assert row["received"] == 300 and row["stderr_lines"] == 0
 
 
-def test_the_own_shipper_delivers_after_an_outage_and_never_blocks():
+def test_the_own_shipper_delivers_after_an_outage():
+    # No clock bound here (the caller's worst time is the bench's figure, not a test): that
+    # the caller never waits on Logstash is proven without a clock in tests/unit/test_logs.py.
     row = log_shipping.run("own", "outage")
-    assert row["received"] >= 150 and row["caller_worst_ms"] < 500 and row["stderr_lines"] == 0
+    assert row["received"] >= 150 and row["stderr_lines"] == 0
 
 
 @pytest.mark.skipif(importlib.util.find_spec("logstash") is None, reason=f"python-logstash: `make test` installs it into {PYLOGSTASH}")
