@@ -10,7 +10,6 @@ same functions run against the session's test stack (tests/conftest.py).
 """
 
 import csv
-import os
 import sys
 import uuid
 from pathlib import Path
@@ -18,30 +17,25 @@ from pathlib import Path
 import grpc
 import requests
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from services.common.service_token import GRPC_TOKEN_KEY, INTERNAL_TOKEN_HEADER, caller_headers  # noqa: E402
-from services.proto import model_serving_pb2 as pb  # noqa: E402  (make proto)
-from services.proto import model_serving_pb2_grpc as pb_grpc  # noqa: E402
+# The project is installed editable (`make setup`), so this script imports it from anywhere.
+from services.common import config
+from services.common.service_token import GRPC_TOKEN_KEY, INTERNAL_TOKEN_HEADER, caller_headers
+from services.proto import model_serving_pb2 as pb  # (make proto)
+from services.proto import model_serving_pb2_grpc as pb_grpc
 
 FRAME_NAME = "vid_4_1000.jpg"  # one labelled car
 
 
-def _port(name, default):
-    return os.environ.get(name, default)
-
-
 def feature_url(path):
-    return f"http://127.0.0.1:{_port('FEATURE_PORT', '5001')}{path}"
+    return f"http://127.0.0.1:{config.FEATURE_PORT}{path}"
 
 
 def results_url(path):
-    return f"http://127.0.0.1:{_port('RESULTS_PORT', '5002')}{path}"
+    return f"http://127.0.0.1:{config.RESULTS_PORT}{path}"
 
 
 def gateway_url(path):
-    return f"http://127.0.0.1:{_port('GATEWAY_PORT', '8080')}{path}"
+    return f"http://127.0.0.1:{config.GATEWAY_PORT}{path}"
 
 
 def _internal_headers():
@@ -55,10 +49,9 @@ def _grpc_metadata():
 
 
 def _key(role):
-    pairs = os.environ.get("API_KEYS", "").strip()
+    pairs = config.API_KEYS.strip()
     if not pairs:
-        var_dir = Path(os.environ.get("VAR_DIR", REPO_ROOT / "var"))
-        pairs = (var_dir / "secrets" / "api_keys").read_text()
+        pairs = (Path(config.VAR_DIR) / "secrets" / "api_keys").read_text()
     for pair in pairs.strip().split(","):
         key, _, key_role = pair.strip().rpartition(":")
         if key_role == role:
@@ -67,7 +60,7 @@ def _key(role):
 
 
 def _data_dir():
-    return Path(os.environ.get("DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "car-object-detection"))
+    return Path(config.DATA_DIR)
 
 
 def _frame():
@@ -120,7 +113,7 @@ def test_end_to_end_prediction():
     assert features.status_code == 200, features.text
     assert (features.json()["features"]["width"], features.json()["features"]["height"]) == (676, 380)
     # 3. Appeler le model serving (gRPC, the seed's proto)
-    with grpc.insecure_channel(f"127.0.0.1:{_port('MODEL_SERVING_PORT', '50051')}") as channel:
+    with grpc.insecure_channel(f"127.0.0.1:{config.MODEL_SERVING_PORT}") as channel:
         stub = pb_grpc.ModelServingStub(channel)
         assert stub.HealthCheck(pb.HealthCheckRequest(), timeout=10, metadata=_grpc_metadata()).status == "SERVING"
         prediction = stub.Predict(pb.PredictionRequest(request_id=f"seed-grpc-{uuid.uuid4().hex}", image_data=image,
