@@ -64,14 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {vdir}", flush=True)
-    from governance.model_registry import ModelRegistry
-    from training.train import reload_triton
+    from training.train import publish
 
-    registry = ModelRegistry(args.registry)
-    model_id = registry.register_model(vdir, force=args.version is not None)
-    print(f"registered {model_id} in the model registry {registry.registry_path}", flush=True)
-    if args.triton:
-        reload_triton(args.triton)
+    publish(vdir, args.registry, replace=args.version is not None, triton=args.triton)
     return 0
 
 

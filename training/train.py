@@ -187,16 +187,22 @@ def train(args: argparse.Namespace) -> Path | None:
 
     vdir = write_version(detector, Path(args.output), clean_nan(metadata), version=args.version, add_files=add_files)
     print(f"exported {vdir}", flush=True)
-    # Registered before Triton may serve it: the adapter refuses any version whose files
-    # do not match the registry's hash. Retraining a version in place supersedes its entry.
+    publish(vdir, args.registry, replace=args.version is not None, triton=args.triton)
+    return vdir
+
+
+def publish(vdir: Path, registry_path: str | None, replace: bool, triton: str | None) -> None:
+    """Register a written version, then (optionally) have Triton load it.
+
+    Registered before Triton may serve it: the adapter refuses any version whose files do
+    not match the registry's hash. Rewriting a version in place (`replace`) supersedes its entry."""
     from governance.model_registry import ModelRegistry
 
-    registry = ModelRegistry(args.registry)
-    model_id = registry.register_model(vdir, force=args.version is not None)
+    registry = ModelRegistry(registry_path)
+    model_id = registry.register_model(vdir, force=replace)
     print(f"registered {model_id} in the model registry {registry.registry_path}", flush=True)
-    if args.triton:
-        reload_triton(args.triton)
-    return vdir
+    if triton:
+        reload_triton(triton)
 
 
 def reload_triton(address: str) -> None:
