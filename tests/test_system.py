@@ -17,11 +17,15 @@ from pathlib import Path
 import grpc
 import requests
 
-# The project is installed editable (`make setup`), so this script imports it from anywhere.
-from services.common import config
-from services.common.service_token import GRPC_TOKEN_KEY, INTERNAL_TOKEN_HEADER, caller_headers
-from services.proto import model_serving_pb2 as pb  # (make proto)
-from services.proto import model_serving_pb2_grpc as pb_grpc
+# The seed's command runs this file as a plain script, where Python puts tests/ first on the
+# path. Its own checkout goes first, not the editable install: a virtualenv shared between
+# checkouts (as the Makefile allows) points that install at whichever checkout ran `make setup`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from services.common import config  # noqa: E402
+from services.common.service_token import GRPC_TOKEN_KEY, INTERNAL_TOKEN_HEADER, caller_headers  # noqa: E402
+from services.proto import model_serving_pb2 as pb  # noqa: E402  (make proto)
+from services.proto import model_serving_pb2_grpc as pb_grpc  # noqa: E402
 
 FRAME_NAME = "vid_4_1000.jpg"  # one labelled car
 
