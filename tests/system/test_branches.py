@@ -35,7 +35,7 @@ from tests.conftest import (
 )
 from tests.system.faults import assert_clean_503
 from tests.system.test_results_service import record
-from tests.system.test_security import assert_clean_error, base_env, spawn, stop
+from tests.system.security_helpers import assert_clean_error, base_env, spawn, stop
 from tests.unit.test_governance_purge import run_purge
 
 
