@@ -89,3 +89,15 @@ def test_no_import_circle_in_the_project():
     assert len(graph) > 100 and "training.cli" in graph["training.train"]
     for node in sorted(graph):
         visit(node)
+
+
+# Over 400 lines, to be split (the list may only shrink): the version runtime is copied whole into
+# each exported version (training/version_dir.RUNTIME_FILES), so its split goes with the next export;
+# test_compose.py is being extended in parallel work.
+OVER_400_FOR_NOW = {"training/serving_runtime.py", "tests/deploy/test_compose.py"}
+
+
+def test_no_source_file_of_the_project_is_over_400_lines():
+    files = [p for p in _sources(*PACKAGES, "tests", "docker", "docs") if ".venv" not in p.parts]
+    long = {str(p.relative_to(REPO_ROOT)) for p in files if len(p.read_text().splitlines()) > 400}
+    assert len(files) > 150 and long == OVER_400_FOR_NOW, long
