@@ -14,7 +14,7 @@ DATA_DIR ?= $(abspath ../shared/data/car-object-detection)
 export PYTHONPATH := $(CURDIR)
 export DATA_DIR
 
-.PHONY: setup lint typecheck config-docs proto run up down status test test-unit test-deploy demo train bench logs trace loadtest purge audit registry certs vuln-audit perf log-shipping-bench openapi migrate rotate-pseudonym-key compose-up compose-down test-compose
+.PHONY: setup lint typecheck config-docs proto run up down status test test-unit test-deploy demo train bench logs trace loadtest purge audit registry certs vuln-audit perf log-shipping-bench model-cpu triton-variants openapi migrate rotate-pseudonym-key compose-up compose-down test-compose
 
 setup: $(INSTALLED) $(PROTO_OUT)
 
@@ -110,6 +110,17 @@ bench: setup
 # Triton-direct client; CSV and table under var/perf/ (scripts/perf.sh installs the tool).
 perf: setup
 	bash scripts/perf.sh
+
+# What one image costs the model in process: TensorFlow's oneDNN off/on x 1/2 threads x batch 1/4;
+# ARGS=--openvino compares the version's FP32 and INT8 IR. Each variant in its own process; a quiet machine.
+model-cpu: setup
+	$(PY) loadtest/model_cpu.py $(ARGS)
+
+# Triton instances x threads per instance (NxT), one Triton per variant on its own ports
+# (VARIANTS_BASE_PORT), Triton direct measured interleaved; writes var/bench/triton_variants.json.
+VARIANTS ?= 2x2 1x2 2x1
+triton-variants: setup
+	$(PY) loadtest/triton_variants.py $(VARIANTS)
 
 logs:
 	@tail -n 20 -F var/log/*.jsonl

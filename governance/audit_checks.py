@@ -21,20 +21,12 @@ import sqlalchemy as sa
 
 from governance.audit_sources import HEX64, TIMEOUT, UNAUTHENTICATED_BY_DESIGN, AuditContext, gateway_routes, http_get
 from governance.purge import retention_days
-from governance.store import aware
+from governance.store import DECLARED_COLUMNS, aware
 from governance.triton_control import triton_http_url, triton_ready_versions, version_dirs
 from services.common import config
 from services.common.integrity import DEFAULT_MODEL_NAME, load_registry, registry_path, repository_path, verify_version
 
 RAW_ID_KEYS = {"user_id", "user.id", "userid", "user.name", "user.email"}
-# The record of processing (RGPD.md): the columns each table may hold.
-EXPECTED_COLUMNS = {
-    "predictions": {"id", "request_id", "user_hash", "key_id", "client_id", "detections", "detection_count",
-                    "features", "model_name", "model_version", "inference_time_ms", "created_at"},
-    "feedback": {"id", "request_id", "user_hash", "key_id", "client_id", "actor_role", "actor_id", "correct",
-                 "reason", "comment", "created_at"},
-    "audit_events": {"id", "at", "action", "actor_role", "actor_id", "user_hash", "request_id", "record_count"},
-}
 # var/ folders where developer tools (make demo, training.explore, services/triton/check.py --draw,
 # these reports) write drawings of dataset frames: not uploads, not scanned.
 TOOL_OUTPUT_DIRS = {"reports", "demo", "dataset", "triton-check", "training"}
@@ -288,7 +280,7 @@ def model_integrity(ctx: AuditContext) -> dict[str, Any]:
 
 def minimisation(ctx: AuditContext, period_start: datetime) -> list[dict[str, Any]]:
     unexpected, binary = {}, []
-    for table, expected in EXPECTED_COLUMNS.items():
+    for table, expected in DECLARED_COLUMNS.items():
         columns = ctx.store.columns(table)
         extra = {c["name"] for c in columns} - expected
         if extra:
@@ -306,7 +298,7 @@ def minimisation(ctx: AuditContext, period_start: datetime) -> list[dict[str, An
     images_ok = not binary and not heavy and not image_keys and not upload_files
     return [
         check("data_minimisation", "Only the necessary columns are stored", "fail" if unexpected else "pass",
-              {"unexpected_columns": unexpected, "tables": list(EXPECTED_COLUMNS)},
+              {"unexpected_columns": unexpected, "tables": list(DECLARED_COLUMNS)},
               "database schema inspected against the documented record of processing (RGPD.md)",
               "Every stored column is in the record of processing." if not unexpected else
               f"Columns outside the record of processing: {unexpected}."),

@@ -18,8 +18,12 @@ from typing import Any
 import sqlalchemy as sa
 
 from services.results_service.store import ResultsStore, database_url, make_engine
+from services.results_service.store import metadata as declared_tables
 
 TABLES = ("predictions", "feedback", "audit_events")
+# The columns each table may hold (the record of processing, governance/RGPD.md): the tables
+# the results service declares, so a new column is declared in one place, not copied here.
+DECLARED_COLUMNS: dict[str, frozenset[str]] = {t.name: frozenset(t.columns.keys()) for t in declared_tables.sorted_tables}
 PERSONAL_TABLES = ("predictions", "feedback")  # the journal keeps hashes by design
 _HEX_RUN = re.compile(rb"[0-9a-f]{64,}")
 

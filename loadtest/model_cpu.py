@@ -2,7 +2,7 @@
 exported SavedModel (the graph Triton runs), for TensorFlow's oneDNN kernels off and on
 and 1 or 2 intra-op threads, at batch 1 and 4.
 
-    python loadtest/model_cpu.py [--calls 12] [--openvino]
+    make model-cpu [ARGS="--calls 12 --openvino"]    (python loadtest/model_cpu.py [--calls 12] [--openvino])
 
 ``--openvino`` compares TensorFlow with the version's OpenVINO IR (FP32, INT8), decode included.
 

@@ -31,11 +31,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from loadtest import bench, bench_paths, bench_stack  # noqa: E402 - the same frames, client and stack handling as make bench
-from loadtest.bench_model import plot  # noqa: E402
+from loadtest import bench, bench_paths, bench_stack  # the same frames, client and stack handling as make bench
+from loadtest.bench_model import plot
+from services.common.config import REPO_ROOT
 
 MODEL = "car_detector"
 OUT_DIR = Path(bench_stack.ENV["VAR_DIR"]) / "perf"

@@ -1,6 +1,6 @@
 """Triton configurations side by side: instance count and inference threads per instance.
 
-    python loadtest/triton_variants.py [2x2 1x2 2x1 ...]
+    make triton-variants [VARIANTS="2x2 1x2 2x1"]    (python loadtest/triton_variants.py 2x2 1x2 ...)
 
 Each variant NxT (N instances, T threads each: OpenVINO's, or TensorFlow's intra-op) gets its own Triton process on its
 own ports, serving the same model version from a copy of config.pbtxt that differs only
@@ -23,9 +23,8 @@ from pathlib import Path
 
 import psutil
 
+from loadtest import bench, bench_paths, bench_stack
 from services.common.config import REPO_ROOT
-
-from loadtest import bench, bench_paths, bench_stack  # noqa: E402
 
 MODEL_DIR = REPO_ROOT / "model_repository" / "car_detector"
 BASE_PORT = int(os.environ.get("VARIANTS_BASE_PORT", "38000"))
@@ -67,14 +66,19 @@ def stub_rss_mb(process: subprocess.Popen) -> float:
     return round(total / 2**20, 1)
 
 
-def main(argv: list[str]) -> int:
-    specs = argv or ["2x2", "1x2", "2x1"]
+def parse_variants(specs: list[str]) -> list[tuple[str, int, int]]:
+    """`NxT` words -> (name, instances, threads); a malformed word stops the run, saying why."""
     variants = []
-    for spec in specs:
-        match = re.fullmatch(r"(\d+)x(\d+)", spec)
+    for spec in specs or ["2x2", "1x2", "2x1"]:
+        match = re.fullmatch(r"([1-9]\d*)x([1-9]\d*)", spec)
         if not match:
             sys.exit(f"variant {spec!r}: expected NxT, e.g. 2x2 (N instances, T intra-op threads each)")
         variants.append((spec, int(match[1]), int(match[2])))
+    return variants
+
+
+def main(argv: list[str]) -> int:
+    variants = parse_variants(argv)
     root = Path(bench_stack.ENV["VAR_DIR"]) / "triton-variants"
     images = bench.frames()
     processes: dict[str, subprocess.Popen] = {}

@@ -9,9 +9,9 @@ from pathlib import Path
 import yaml
 
 from gateway import api as gateway_api
+from services.common.config import REPO_ROOT
 from services.results_service import api as results_api
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = {
     REPO_ROOT / "gateway" / "openapi.yaml": gateway_api.document,
     REPO_ROOT / "services" / "results_service" / "openapi.yaml": results_api.document,

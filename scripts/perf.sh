@@ -71,4 +71,6 @@ write_launcher() {
 install_wheel
 [[ -x "$LAUNCHER" ]] || write_launcher
 export PERF_ANALYZER="$LAUNCHER"
+# This checkout first (as the Makefile does): a shared venv's editable install may point at another.
+export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 exec "$PY" "$REPO_ROOT/loadtest/perf.py" "$@"

@@ -24,8 +24,8 @@ from services.common import config, pseudonym
 
 def _paths() -> tuple[Path, Path]:
     secrets_dir = config.var_dir() / "secrets"
-    current = Path(os.environ.get("PSEUDONYM_KEY_FILE", "").strip() or secrets_dir / "pseudonym_key")
-    previous = Path(os.environ.get("PSEUDONYM_PREVIOUS_KEYS_FILE", "").strip() or secrets_dir / "pseudonym_previous_keys")
+    current = Path(config.PSEUDONYM_KEY_FILE.strip() or secrets_dir / "pseudonym_key")
+    previous = Path(config.PSEUDONYM_PREVIOUS_KEYS_FILE.strip() or secrets_dir / "pseudonym_previous_keys")
     return current, previous
 
 
@@ -42,7 +42,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def _from_environment() -> bool:
-    return bool(os.environ.get("PSEUDONYM_KEY", "").strip() or os.environ.get("PSEUDONYM_PREVIOUS_KEYS", "").strip())
+    return bool(config.PSEUDONYM_KEY.strip() or config.PSEUDONYM_PREVIOUS_KEYS.strip())
 
 
 def _rows_per_key() -> dict[str, int]:

@@ -27,11 +27,12 @@ import psycopg2
 import pytest
 import requests
 
+from services.common import config
 from services.common.config import REPO_ROOT
 from tests.servers import Postgres, Redis
 from tests.servers import free_port as free_port
 
-DATA_DIR = Path(os.environ.get("DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "car-object-detection"))
+DATA_DIR = Path(config.DATA_DIR)
 TEST_VAR = REPO_ROOT / "var" / "test-stack"
 PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEST_DB = "car_detection_test"

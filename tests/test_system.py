@@ -10,7 +10,6 @@ same functions run against the session's test stack (tests/conftest.py).
 """
 
 import csv
-import os
 import sys
 import uuid
 from pathlib import Path
@@ -18,9 +17,12 @@ from pathlib import Path
 import grpc
 import requests
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+# The seed's command runs this file as a plain script, where Python puts tests/ first on the
+# path. Its own checkout goes first, not the editable install: a virtualenv shared between
+# checkouts (as the Makefile allows) points that install at whichever checkout ran `make setup`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from services.common import config  # noqa: E402
 from services.common.service_token import GRPC_TOKEN_KEY, INTERNAL_TOKEN_HEADER, caller_headers  # noqa: E402
 from services.proto import model_serving_pb2 as pb  # noqa: E402  (make proto)
 from services.proto import model_serving_pb2_grpc as pb_grpc  # noqa: E402
@@ -28,20 +30,16 @@ from services.proto import model_serving_pb2_grpc as pb_grpc  # noqa: E402
 FRAME_NAME = "vid_4_1000.jpg"  # one labelled car
 
 
-def _port(name, default):
-    return os.environ.get(name, default)
-
-
 def feature_url(path):
-    return f"http://127.0.0.1:{_port('FEATURE_PORT', '5001')}{path}"
+    return f"http://127.0.0.1:{config.FEATURE_PORT}{path}"
 
 
 def results_url(path):
-    return f"http://127.0.0.1:{_port('RESULTS_PORT', '5002')}{path}"
+    return f"http://127.0.0.1:{config.RESULTS_PORT}{path}"
 
 
 def gateway_url(path):
-    return f"http://127.0.0.1:{_port('GATEWAY_PORT', '8080')}{path}"
+    return f"http://127.0.0.1:{config.GATEWAY_PORT}{path}"
 
 
 def _internal_headers():
@@ -55,10 +53,9 @@ def _grpc_metadata():
 
 
 def _key(role):
-    pairs = os.environ.get("API_KEYS", "").strip()
+    pairs = config.API_KEYS.strip()
     if not pairs:
-        var_dir = Path(os.environ.get("VAR_DIR", REPO_ROOT / "var"))
-        pairs = (var_dir / "secrets" / "api_keys").read_text()
+        pairs = (Path(config.VAR_DIR) / "secrets" / "api_keys").read_text()
     for pair in pairs.strip().split(","):
         key, _, key_role = pair.strip().rpartition(":")
         if key_role == role:
@@ -67,7 +64,7 @@ def _key(role):
 
 
 def _data_dir():
-    return Path(os.environ.get("DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "car-object-detection"))
+    return Path(config.DATA_DIR)
 
 
 def _frame():
@@ -120,7 +117,7 @@ def test_end_to_end_prediction():
     assert features.status_code == 200, features.text
     assert (features.json()["features"]["width"], features.json()["features"]["height"]) == (676, 380)
     # 3. Appeler le model serving (gRPC, the seed's proto)
-    with grpc.insecure_channel(f"127.0.0.1:{_port('MODEL_SERVING_PORT', '50051')}") as channel:
+    with grpc.insecure_channel(f"127.0.0.1:{config.MODEL_SERVING_PORT}") as channel:
         stub = pb_grpc.ModelServingStub(channel)
         assert stub.HealthCheck(pb.HealthCheckRequest(), timeout=10, metadata=_grpc_metadata()).status == "SERVING"
         prediction = stub.Predict(pb.PredictionRequest(request_id=f"seed-grpc-{uuid.uuid4().hex}", image_data=image,

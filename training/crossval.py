@@ -27,27 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from training import DEFAULT_DATA_DIR, REPO_ROOT
-from training.data import load_dataset
-from training.samples import DataError, Sample
+from services.common import config
+from training import REPO_ROOT
+from training.cli import parse_size, run_command
+from training.data import load_dataset, make_blocks
+from training.samples import Sample
 
 log = logging.getLogger("training.crossval")
 DEFAULT_OUT = REPO_ROOT / "var" / "reports" / "crossval"
-
-
-def make_blocks(samples: list[Sample], k: int, gap: int) -> list[tuple[list[int], list[int]]]:
-    """(train indices, held-out indices) per block, in frame order; gap frames dropped each side."""
-    n = len(samples)
-    if n < 2 * k:
-        raise DataError(f"not enough images ({n}) for {k} cross-validation blocks")
-    edges = np.linspace(0, n, k + 1).round().astype(int)
-    folds = []
-    for b in range(k):
-        lo, hi = int(edges[b]), int(edges[b + 1])
-        held = list(range(lo, hi))
-        train = [i for i in range(n) if i < lo - gap or i >= hi + gap]
-        folds.append((train, held))
-    return folds
 
 
 def _block_metrics(results: list, class_names: list[str], threshold: float) -> dict:
@@ -254,11 +241,9 @@ def _cpu_name() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from training.train import parse_size
-
     env = os.environ.get
     p = argparse.ArgumentParser(prog="python -m training.crossval", description=__doc__.split("\n\n")[0])
-    p.add_argument("data", nargs="?", default=env("DATA_DIR", str(DEFAULT_DATA_DIR)))
+    p.add_argument("data", nargs="?", default=config.DATA_DIR)
     p.add_argument("--layout", default="auto", choices=["auto", "kaggle", "yolo", "coco"])
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--gap-frames", type=int, default=2)
@@ -277,15 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        run(args)
-    except (DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
+    return run_command(lambda: run(args))
 
 if __name__ == "__main__":
     sys.exit(main())

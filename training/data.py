@@ -337,3 +337,18 @@ def split_contiguous(
     if not train:
         raise DataError(f"not enough images ({n}) for a train/validation split")
     return train, val
+
+
+def make_blocks(samples: list[Sample], k: int, gap: int) -> list[tuple[list[int], list[int]]]:
+    """(train indices, held-out indices) per block, in frame order; gap frames dropped each side."""
+    n = len(samples)
+    if n < 2 * k:
+        raise DataError(f"not enough images ({n}) for {k} cross-validation blocks")
+    edges = np.linspace(0, n, k + 1).round().astype(int)
+    folds = []
+    for b in range(k):
+        lo, hi = int(edges[b]), int(edges[b + 1])
+        held = list(range(lo, hi))
+        train = [i for i in range(n) if i < lo - gap or i >= hi + gap]
+        folds.append((train, held))
+    return folds

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training import DEFAULT_DATA_DIR, DEFAULT_MODEL_REPOSITORY, MODEL_NAME, REPO_ROOT
+from services.common import config
+from training import MODEL_NAME, REPO_ROOT
 from training.data import load_dataset, split_contiguous
 from training.samples import DataError, Sample
 from training.metrics import ImageResult, clean_nan, evaluate, format_markdown, match_detections, pr_curve
@@ -120,11 +121,10 @@ def plot_pr(results: list[ImageResult], class_names: list[str], threshold: float
 
 
 def main(argv: list[str] | None = None) -> int:
-    env = os.environ.get
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description="Evaluate a car_detector version")
-    p.add_argument("--data", default=env("DATA_DIR", str(DEFAULT_DATA_DIR)))
+    p.add_argument("--data", default=config.DATA_DIR)
     p.add_argument("--layout", default="auto", choices=["auto", "kaggle", "yolo", "coco"])
-    p.add_argument("--repository", default=env("MODEL_REPOSITORY", str(DEFAULT_MODEL_REPOSITORY)))
+    p.add_argument("--repository", default=config.MODEL_REPOSITORY)
     p.add_argument("--version", type=int, default=None, help="default: the latest exported version")
     p.add_argument("--server", default=None, help="Triton gRPC address, e.g. 127.0.0.1:8001; default in process")
     p.add_argument("--split", default="validation", choices=["validation", "all"])

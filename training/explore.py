@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from training import DEFAULT_DATA_DIR, REPO_ROOT
+from services.common import config
+from training import REPO_ROOT
 from training.data import load_dataset
 from training.samples import DataError, Dataset
 
@@ -123,7 +123,7 @@ def to_markdown(s: dict, plot_name: str | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.explore", description="Dataset statistics report")
-    p.add_argument("data", nargs="?", default=os.environ.get("DATA_DIR", str(DEFAULT_DATA_DIR)))
+    p.add_argument("data", nargs="?", default=config.DATA_DIR)
     p.add_argument("--layout", default="auto", choices=["auto", "kaggle", "yolo", "coco"])
     p.add_argument("--out", default=str(DEFAULT_OUT), help="report folder (default var/reports/dataset)")
     args = p.parse_args(argv)

@@ -128,7 +128,7 @@ def add_openvino(detector, version_dir: Path, meta: dict, ordered: list, train_s
     import nncf
     import openvino as ov
 
-    from training.crossval import make_blocks
+    from training.data import make_blocks
     from training.serving_runtime import OpenVinoDetector, cpu_has_bf16
 
     t0 = time.time()

@@ -18,7 +18,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from training import DEFAULT_MODEL_REPOSITORY, MODEL_NAME
+from services.common import config
+from training import MODEL_NAME
 from training.version_dir import RUNTIME_FILES, write_version_dir
 
 GENERATED = {"model_metadata.json", "manifest.json", *RUNTIME_FILES}
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", type=int, metavar="FROM", help="the version whose artefacts are taken")
     parser.add_argument("--version", type=int, default=None, help="number of the new version (default: next free)")
     parser.add_argument("--reason", required=True, help="why (recorded in the metadata and the registry)")
-    parser.add_argument("--repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    parser.add_argument("--repository", type=Path, default=Path(config.MODEL_REPOSITORY))
     parser.add_argument("--registry", default=None, metavar="PATH", help="model registry JSON (default: the project's)")
     parser.add_argument("--triton", default=None, metavar="HOST:PORT", help="reload the model on this Triton afterwards")
     args = parser.parse_args(argv)
@@ -63,14 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {vdir}", flush=True)
-    from governance.model_registry import ModelRegistry
-    from training.train import reload_triton
+    from training.train import publish
 
-    registry = ModelRegistry(args.registry)
-    model_id = registry.register_model(vdir, force=args.version is not None)
-    print(f"registered {model_id} in the model registry {registry.registry_path}", flush=True)
-    if args.triton:
-        reload_triton(args.triton)
+    publish(vdir, args.registry, replace=args.version is not None, triton=args.triton)
     return 0
 
 

@@ -23,7 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from training import DEFAULT_DATA_DIR, DEFAULT_MODEL_REPOSITORY, REPO_ROOT
+from services.common import config
+from training import REPO_ROOT
+from training.cli import parse_size, run_command
 from training.data import load_dataset, split_contiguous
 from training.samples import DataError, Dataset, Sample
 
@@ -31,21 +33,10 @@ log = logging.getLogger("training.train")
 DEFAULT_CROSSVAL = REPO_ROOT / "var" / "reports" / "crossval" / "crossval.json"
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'352x192' (width x height) -> (height, width)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got '{text}'") from None
-    if w % 32 or h % 32 or w < 64 or h < 64:
-        raise argparse.ArgumentTypeError("width and height must be multiples of 32, at least 64")
-    return h, w
-
-
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=env("DATA_DIR", str(DEFAULT_DATA_DIR)), help="dataset folder (env DATA_DIR)")
+    p.add_argument("--data", default=config.DATA_DIR, help="dataset folder (env DATA_DIR)")
     p.add_argument("--layout", default="auto", choices=["auto", "kaggle", "yolo", "coco"])
     p.add_argument("--backbone-weights", default=env("BACKBONE_WEIGHTS", "imagenet"),
                    help="imagenet (offline file under ../shared/weights or $KERAS_HOME/models, else download), none, or a .h5 path")
@@ -53,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="warm start from a previous version's weights (same input size and classes)")
     p.add_argument("--budget-minutes", type=float, default=float(env("TRAIN_BUDGET_MINUTES", "30")),
                    help="wall-clock budget of the training loop (the LR schedule is planned to end with it)")
-    p.add_argument("--output", default=env("MODEL_REPOSITORY", str(DEFAULT_MODEL_REPOSITORY)), help="Triton model repository root")
+    p.add_argument("--output", default=config.MODEL_REPOSITORY, help="Triton model repository root")
     p.add_argument("--version", type=int, default=None, help="version number to (re)write; default max+1")
     p.add_argument("--input-size", type=parse_size, default=parse_size(env("INPUT_SIZE", "512x288")),
                    help="network input WIDTHxHEIGHT (multiples of 32); keep the frames' aspect")
@@ -196,16 +187,22 @@ def train(args: argparse.Namespace) -> Path | None:
 
     vdir = write_version(detector, Path(args.output), clean_nan(metadata), version=args.version, add_files=add_files)
     print(f"exported {vdir}", flush=True)
-    # Registered before Triton may serve it: the adapter refuses any version whose files
-    # do not match the registry's hash. Retraining a version in place supersedes its entry.
+    publish(vdir, args.registry, replace=args.version is not None, triton=args.triton)
+    return vdir
+
+
+def publish(vdir: Path, registry_path: str | None, replace: bool, triton: str | None) -> None:
+    """Register a written version, then (optionally) have Triton load it.
+
+    Registered before Triton may serve it: the adapter refuses any version whose files do
+    not match the registry's hash. Rewriting a version in place (`replace`) supersedes its entry."""
     from governance.model_registry import ModelRegistry
 
-    registry = ModelRegistry(args.registry)
-    model_id = registry.register_model(vdir, force=args.version is not None)
+    registry = ModelRegistry(registry_path)
+    model_id = registry.register_model(vdir, force=replace)
     print(f"registered {model_id} in the model registry {registry.registry_path}", flush=True)
-    if args.triton:
-        reload_triton(args.triton)
-    return vdir
+    if triton:
+        reload_triton(triton)
 
 
 def reload_triton(address: str) -> None:
@@ -213,12 +210,11 @@ def reload_triton(address: str) -> None:
     from training import MODEL_NAME
 
     try:
-        import tritonclient.grpc as grpcclient
-
+        from services.common import triton_client
         from services.common.service_token import triton_admin_headers
 
-        # Model control is a restricted Triton API (services/triton/run.sh).
-        grpcclient.InferenceServerClient(address).load_model(MODEL_NAME, headers=triton_admin_headers(grpc=True))
+        # The one Triton client (TLS when TRITON_TLS=1); model control is a restricted Triton API (services/triton/run.sh).
+        triton_client.connect(address).load_model(MODEL_NAME, headers=triton_admin_headers(grpc=True))
         print(f"Triton at {address} reloaded {MODEL_NAME}", flush=True)
     except Exception as e:  # noqa: BLE001 - the export itself succeeded; just say so
         print(f"warning: could not reload {MODEL_NAME} on Triton at {address}: {e}", file=sys.stderr)
@@ -226,19 +222,7 @@ def reload_triton(address: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        train(args)
-    except (DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
-
+    return run_command(lambda: train(args), verbose=args.verbose)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,7 +21,8 @@ from typing import Iterator
 import pytest
 import requests
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from services.common.config import REPO_ROOT
+
 COMPOSE_PY = REPO_ROOT / "scripts" / "compose" / "compose.py"
 WORK = REPO_ROOT / "var" / "compose-test"
 PROJECT = "car-detection-test"

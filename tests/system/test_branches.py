@@ -1,7 +1,7 @@
 """Branches that matter and had no test: the results service answering 5xx, the
 feature relay (success and 5xx), explain's refusals (threshold, Triton down, a
 tampered model), the adapter's min_confidence, and the retention purge of journal
-rows and on SQLite. Real services throughout; where a real backend cannot be made
+rows (on SQLite: tests/unit/test_governance_purge.py). Real services throughout; where a real backend cannot be made
 to answer a 5xx on demand (the feature service), a stand-in that only answers 500
 sits behind a real gateway."""
 from __future__ import annotations
@@ -9,10 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import sqlite3
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -38,7 +35,8 @@ from tests.conftest import (
 )
 from tests.system.faults import assert_clean_503
 from tests.system.test_results_service import record
-from tests.system.test_security import assert_clean_error, base_env, spawn, stop
+from tests.system.security_helpers import assert_clean_error, base_env, spawn, stop
+from tests.unit.test_governance_purge import run_purge
 
 
 class _Always500(BaseHTTPRequestHandler):
@@ -232,12 +230,6 @@ def test_adapter_min_confidence_filters_the_models_scores(stack):
 
 # --------------------------------------------------------------------------- retention purge
 
-def _purge(env: dict[str, str]) -> dict:
-    run = subprocess.run([sys.executable, "-m", "governance.purge", "--json"], cwd=REPO_ROOT, capture_output=True,
-                         text=True, timeout=120, env={**env, "PYTHONPATH": str(REPO_ROOT)})
-    assert run.returncode == 0, run.stdout + run.stderr
-    return json.loads(run.stdout)
-
 
 def test_purge_deletes_journal_rows_after_audit_retention_days(stack):
     engine = sa.create_engine(stack.env["DATABASE_URL"])
@@ -249,7 +241,7 @@ def test_purge_deletes_journal_rows_after_audit_retention_days(stack):
                 "INSERT INTO audit_events (at, action, actor_role, actor_id, request_id, record_count) "
                 "VALUES (:at, 'read', 'client', 'journal-test', :rid, 1)"), {"at": now - timedelta(days=days),
                                                                             "rid": f"{marker}-{suffix}"})
-    result = _purge({**stack.env, "RETENTION_DAYS": "30", "AUDIT_RETENTION_DAYS": "365"})
+    result = run_purge({**stack.env, "RETENTION_DAYS": "30", "AUDIT_RETENTION_DAYS": "365"})
     assert result["deleted"]["audit_events"] >= 1 and result["audit_retention_days"] == 365
     with engine.connect() as connection:
         left = {row[0] for row in connection.execute(
@@ -258,28 +250,3 @@ def test_purge_deletes_journal_rows_after_audit_retention_days(stack):
     assert left == {f"{marker}-kept", f"{marker}-new"}
 
 
-def test_purge_on_sqlite(tmp_path):
-    from services.results_service.store import ResultsStore, make_engine
-
-    db_file = tmp_path / "var" / "results.db"
-    db_file.parent.mkdir()
-    engine = make_engine(f"sqlite:///{db_file}")
-    store = ResultsStore(engine)
-    old, fresh = f"old-{uuid.uuid4().hex}", f"fresh-{uuid.uuid4().hex}"
-    base = {"user_hash": "a" * 64, "client_id": "sqlite-purge", "detections": [], "detection_count": 0,
-            "model_version": "1", "inference_time_ms": 1.0}
-    store.add({**base, "request_id": old, "created_at": datetime.now(timezone.utc) - timedelta(days=45)})
-    store.add({**base, "request_id": fresh})
-    store.add_feedback({"request_id": old, "user_hash": "a" * 64, "client_id": "sqlite-purge", "actor_role": "client",
-                        "correct": False, "reason": f"reason-{old}"})
-    engine.dispose()
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    result = _purge({**env, "VAR_DIR": str(tmp_path / "var"), "RETENTION_DAYS": "30"})
-    assert result["database"] == "sqlite"
-    assert result["deleted"]["predictions"] == 1 and result["deleted"]["feedback"] == 1 and result["remaining_expired"] == 0
-    with sqlite3.connect(db_file) as connection:
-        assert [r[0] for r in connection.execute("SELECT request_id FROM predictions")] == [fresh]
-        assert connection.execute("SELECT count(*) FROM feedback").fetchone()[0] == 0
-        assert connection.execute("SELECT count(*) FROM audit_events WHERE action = 'retention_purge'").fetchone()[0] == 1
-    on_disk = b"".join(p.read_bytes() for p in db_file.parent.glob("results.db*"))
-    assert old.encode() not in on_disk and f"reason-{old}".encode() not in on_disk  # no residue of what was purged

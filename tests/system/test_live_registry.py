@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from tests.conftest import REPO_ROOT, frame, free_port, wait_until
-from tests.system.test_security import spawn, stop
+from tests.system.security_helpers import spawn, stop
 from tests.unit.training_fixtures import make_kaggle
 
 TINY_TRAINING = ["--backbone-weights", "none", "--input-size", "64x64", "--batch-size", "2", "--steps-per-epoch", "1",

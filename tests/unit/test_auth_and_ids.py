@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import pytest
 
 from gateway.auth import KeyRing, parse_keys
@@ -52,3 +55,34 @@ def test_odd_but_acceptable_user_ids(value):
 def test_bad_request_ids(value):
     with pytest.raises(ApiError):
         check_request_id(value)
+
+
+def test_api_keys_are_kept_hashed_and_compared_in_constant_time(monkeypatch):
+    """Only digests are held, and identify() compares the presented key's digest with
+    every known digest through hmac.compare_digest, whichever key matches or none: the
+    work (and so the time) does not depend on which key, or how much of it, is right."""
+    from gateway import auth
+
+    keys = ",".join(f"secret-key-number-{i:02d}-abcdefgh:{'client' if i % 2 else 'dpo'}" for i in range(6))
+    ring = auth.KeyRing(auth.parse_keys(keys))
+    held = repr(ring.__dict__)
+    assert not any(f"secret-key-number-{i:02d}" in held for i in range(6))
+    compared: list[tuple[bytes, bytes]] = []
+
+    class CountingHmac:
+        @staticmethod
+        def compare_digest(a: bytes, b: bytes) -> bool:
+            compared.append((a, b))
+            return hmac.compare_digest(a, b)
+
+    monkeypatch.setattr(auth, "hmac", CountingHmac)
+    for presented, role in (("secret-key-number-00-abcdefgh", "dpo"), ("secret-key-number-05-abcdefgh", "client"),
+                            ("secret-key-number-05-abcdefgX", None), ("x", None)):
+        compared.clear()
+        found = ring.identify(presented)
+        assert (found.role if found else None) == role, presented
+        assert len(compared) == 6, (presented, len(compared))  # every key, no early exit
+        # the presented key's SHA-256 digest against each held digest, never the raw key
+        assert {b for _, b in compared} == {hashlib.sha256(presented.encode()).digest()}
+        assert len({a for a, _ in compared}) == 6
+    assert ring.identify(None) is None and ring.identify("") is None

@@ -4,19 +4,23 @@ keys), and the document-figure checker."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
 import sys
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from governance import figures
 from governance.audit_measures import model_checks, model_section
+from governance.audit_checks import minimisation
 from governance.audit_plots import make_plots
-from governance.store import GovernanceStore
+from governance.audit_sources import AuditContext
+from governance.store import DECLARED_COLUMNS, TABLES, GovernanceStore
 from services.common import config
 
 DOCS = Path(figures.__file__).resolve().parent
@@ -80,6 +84,30 @@ def test_sqlite_residue_scan_finds_what_a_plain_delete_leaves(tmp_path):
     clean = store.residue({}, {third})
     assert clean["erased_subjects_checked"] == 1 and clean["erased_subjects_found"] == 0 and clean["clean"]
     assert store.residue({}, {erased})["erased_subjects_found"] == 1  # the plain delete's bytes are still there
+    store.dispose()
+
+
+def test_the_record_of_processing_is_the_tables_the_results_service_declares():
+    # RGPD.md lists the allowed columns; the audit takes them from the store's one declaration.
+    text = (DOCS / "RGPD.md").read_text().split("Colonnes autorisées", 1)[1].split("\n\n", 1)[0]
+    listed = {m[1]: {c.strip() for c in m[2].split(",")} for m in re.finditer(r"`(\w+)\(([^)`]*)\)`", text)}
+    assert listed == {table: set(columns) for table, columns in DECLARED_COLUMNS.items()}
+    assert set(TABLES) == set(DECLARED_COLUMNS)
+
+
+def test_data_minimisation_fails_on_a_column_outside_the_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("VAR_DIR", str(tmp_path / "var"))
+    store = GovernanceStore(f"sqlite:///{tmp_path / 'results.db'}")
+    store.results_store()  # creates the declared tables
+    ctx = AuditContext(store, tmp_path, "http://127.0.0.1:9", "http://127.0.0.1:9", "http://127.0.0.1:9", 30, canary=False)
+    since = datetime.now(timezone.utc) - timedelta(days=30)
+    assert minimisation(ctx, since)[0]["status"] == "pass"
+    with store.engine.begin() as connection:
+        connection.exec_driver_sql("ALTER TABLE predictions ADD COLUMN plate_number TEXT")
+    store = GovernanceStore(store.url)  # reflects the table again
+    ctx.store = store
+    verdict = minimisation(ctx, since)[0]
+    assert verdict["status"] == "fail" and verdict["evidence"]["unexpected_columns"] == {"predictions": ["plate_number"]}
     store.dispose()
 
 

@@ -1,4 +1,4 @@
-"""Dependencies run one way: services/ and gateway/ depend on the core (services/common) and
+"""Dependencies run one way, without an import circle anywhere: services/ and gateway/ depend on the core (services/common) and
 their own package, never on governance/, training/ or the tools; the core depends on no service."""
 from __future__ import annotations
 
@@ -41,3 +41,63 @@ def test_no_source_file_of_the_services_is_over_400_lines():
     long = {str(p.relative_to(REPO_ROOT)): n for p in _sources("services", "gateway")
             if (n := len(p.read_text().splitlines())) > 400}
     assert not long
+
+
+PACKAGES = ("services", "gateway", "governance", "training", "loadtest", "scripts", "observability")
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Project module -> the project modules it imports (lazy imports inside functions included:
+    a circle through them still means two modules that cannot be understood apart)."""
+    modules = {".".join(p.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in _sources(*PACKAGES)}
+
+    def known(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found: set[str | None] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {known(alias.name) for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*parts, base] if base else parts)
+                found |= {known(base), *(known(f"{base}.{alias.name}") for alias in node.names)}
+        graph[name] = {m for m in found if m and m != name}
+    return graph
+
+
+def test_no_import_circle_in_the_project():
+    graph, done, path = _module_graph(), set(), []
+
+    def visit(node: str) -> None:
+        assert node not in path, f"import circle: {' -> '.join(path[path.index(node):] + [node])}"
+        if node not in done:
+            path.append(node)
+            for dep in sorted(graph[node]):
+                visit(dep)
+            path.pop()
+            done.add(node)
+
+    assert len(graph) > 100 and "training.cli" in graph["training.train"]
+    for node in sorted(graph):
+        visit(node)
+
+
+# Over 400 lines, to be split (the list may only shrink): the version runtime is copied whole into
+# each exported version (training/version_dir.RUNTIME_FILES), so its split goes with the next export;
+# test_compose.py is being extended in parallel work.
+OVER_400_FOR_NOW = {"training/serving_runtime.py", "tests/deploy/test_compose.py"}
+
+
+def test_no_source_file_of_the_project_is_over_400_lines():
+    files = [p for p in _sources(*PACKAGES, "tests", "docker", "docs") if ".venv" not in p.parts]
+    long = {str(p.relative_to(REPO_ROOT)) for p in files if len(p.read_text().splitlines()) > 400}
+    assert len(files) > 150 and long == OVER_400_FOR_NOW, long

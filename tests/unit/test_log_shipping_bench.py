@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
 from loadtest import log_shipping
+from services.common.config import REPO_ROOT
 
 # `make test` installs python-logstash there (Makefile: PYLOGSTASH); it is not a runtime dependency.
-PYLOGSTASH = Path(__file__).resolve().parents[2] / "var" / "pylogstash"
+PYLOGSTASH = REPO_ROOT / "var" / "pylogstash"
 if PYLOGSTASH.is_dir() and str(PYLOGSTASH) not in sys.path:
     sys.path.append(str(PYLOGSTASH))
 

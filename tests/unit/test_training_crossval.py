@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.training_fixtures import make_kaggle
-from training.crossval import make_blocks
-from training.data import load_dataset
+from training.data import load_dataset, make_blocks
 from training.samples import DataError
 
 

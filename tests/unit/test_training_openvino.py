@@ -4,18 +4,18 @@ corrupt, swapped or unlisted IR refused at load with a message naming the file."
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from services.common import config
 from training import REPO_ROOT
 from training.metrics import iou_matrix
 
 pytest.importorskip("openvino")
-DATA_DIR = Path(os.environ.get("DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "car-object-detection"))
+DATA_DIR = Path(config.DATA_DIR)
 MODEL_DIR = REPO_ROOT / "model_repository" / "car_detector"
 
 

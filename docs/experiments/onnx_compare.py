@@ -1,6 +1,6 @@
 """ONNX Runtime vs TensorFlow for the car_detector network, on this machine.
 
-    python loadtest/onnx_compare.py [--rounds 6] [--seconds 3]
+    python docs/experiments/onnx_compare.py [--rounds 6] [--seconds 3]
 
 The SavedModel stays the artifact of record; this only measures whether running the
 *network* (MobileNetV2 + FPN + head: float image batch in, heat map and box distances
@@ -19,8 +19,9 @@ machine biases both alike. Reports per-image latency at batch 1 and 4 and throug
 tf2onnx and onnxruntime are not in requirements.txt (not needed to serve); install them
 anywhere on PYTHONPATH, e.g.
     pip install --target /tmp/onnx-deps --no-deps tf2onnx==1.17.0 onnxruntime==1.32.0 onnx flatbuffers
-    PYTHONPATH=/work/main:/tmp/onnx-deps python loadtest/onnx_compare.py
-Writes var/bench/onnx_compare.json.
+    PYTHONPATH=$PWD:/tmp/onnx-deps .venv/bin/python docs/experiments/onnx_compare.py
+Writes $VAR_DIR/bench/onnx_compare.json. A one-off: its result and the decision are in
+docs/experiments/README.md; it has no make target and no test.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from services.common import config
 from services.common.config import REPO_ROOT
 
 import numpy as np  # noqa: E402
@@ -43,8 +45,8 @@ INTRA, INTER = 2, 1
 tf.config.threading.set_intra_op_parallelism_threads(INTRA)
 tf.config.threading.set_inter_op_parallelism_threads(INTER)
 
-DATA_DIR = Path(os.environ.get("DATA_DIR", REPO_ROOT.parent / "shared/data/car-object-detection"))
-OUT = Path(os.environ.get("VAR_DIR", REPO_ROOT / "var")) / "bench" / "onnx_compare.json"
+DATA_DIR = Path(config.DATA_DIR)
+OUT = Path(config.VAR_DIR) / "bench" / "onnx_compare.json"
 
 
 def latest_version() -> Path:

@@ -1,0 +1,47 @@
+"""Smoke tests of the measurement targets that have no stack of their own to test against:
+`make triton-variants` (loadtest/triton_variants.py) writes per-variant model repositories,
+and `make model-cpu` (loadtest/model_cpu.py) measures one runtime variant in a child process."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from loadtest import triton_variants
+from services.common.config import REPO_ROOT
+
+SHIPPED = triton_variants.MODEL_DIR
+
+
+def test_variant_words_are_instances_x_threads():
+    assert triton_variants.parse_variants(["2x1", "1x2"]) == [("2x1", 2, 1), ("1x2", 1, 2)]
+    assert [name for name, _, _ in triton_variants.parse_variants([])] == ["2x2", "1x2", "2x1"]
+    for bad in ("2x", "0x1", "two"):
+        with pytest.raises(SystemExit, match="expected NxT"):
+            triton_variants.parse_variants([bad])
+
+
+def test_a_variant_repository_differs_from_the_shipped_one_in_instances_and_threads_only(tmp_path):
+    repository = triton_variants.variant_repository("3x1", 3, 1, tmp_path)
+    model = repository / "car_detector"
+    shipped, variant = (SHIPPED / "config.pbtxt").read_text().splitlines(), (model / "config.pbtxt").read_text().splitlines()
+    changed = {(a.strip(), b.strip()) for a, b in zip(shipped, variant) if a != b}
+    assert len(shipped) == len(variant) and ("count: 1", "count: 3") in changed
+    assert {b for _, b in changed} <= {"count: 3", 'parameters: { key: "OPENVINO_THREADS" value: { string_value: "1" } }',
+                                       'parameters: { key: "TF_INTRA_OP_THREADS" value: { string_value: "1" } }',
+                                       'parameters: { key: "LOG_BATCHES" value: { string_value: "false" } }'}
+    # Every version is the shipped one itself (a link), not a copy that could drift.
+    versions = sorted(p.name for p in SHIPPED.iterdir() if p.name.isdigit())
+    assert versions and all((model / v).is_symlink() and (model / v).resolve() == (SHIPPED / v).resolve() for v in versions)
+
+
+def test_model_cpu_measures_one_openvino_variant_in_a_child_process():
+    # The smallest real run: INT8 IR of the newest version, 1 thread, one timed call per batch size.
+    run = subprocess.run([sys.executable, str(REPO_ROOT / "loadtest" / "model_cpu.py"), "--calls", "1", "--child", "1",
+                          "--precision", "int8"], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = json.loads(run.stdout.strip().splitlines()[-1])
+    assert [row["batch"] for row in rows] == [1, 4]
+    assert all(row["wall_ms_per_image"] > 0 and row["cpu_ms_per_image"] > 0 for row in rows)
