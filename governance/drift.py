@@ -81,7 +81,7 @@ def noise_floor(expected: tuple[float, ...], n: int, draws: int = 2000, quantile
 
 def build_baseline(data_dir: str | Path) -> dict[str, Any]:
     from services.common.images import check_image
-    from services.feature_service.features import ANALYSIS_SIDE, extract_features
+    from services.common.image_features import ANALYSIS_SIDE, extract_features
     from training.data import load_dataset, split_contiguous
 
     dataset = load_dataset(data_dir)
@@ -105,7 +105,7 @@ def build_baseline(data_dir: str | Path) -> dict[str, Any]:
         "source": "training split (training.data.split_contiguous defaults) of the Kaggle car-object-detection frames",
         "dataset_fingerprint": dataset.fingerprint(),
         "images": len(rows),
-        "extractor": "services/feature_service/features.py:extract_features",
+        "extractor": "services/common/image_features.py:extract_features",
         "formats": sorted({str(r["format"]) for r in rows}),
         "features": features,
     }

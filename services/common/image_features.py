@@ -10,7 +10,8 @@ The feature service computes the same statistics for its direct callers.
 This module must stay importable inside Triton's python backend: standard library, numpy
 and Pillow only.
 
-services/feature_service/features.py assembles them; the gateway logs them as
+`extract_features` assembles them for a checked, decoded upload (the feature service, the
+drift baseline); the gateway logs them as
 `image.<name>` (services/common/logs.py) and observes the numeric ones as Prometheus
 histograms (services/common/metrics.py); governance/drift.py compares them with the
 training baseline; the Elasticsearch index template maps `image.<name>` with
@@ -19,6 +20,7 @@ training baseline; the Elasticsearch index template maps `image.<name>` with
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -118,3 +120,20 @@ def pixel_statistics_of_full(rgb: np.ndarray) -> dict[str, float]:
     if factor > 1:
         rgb = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).reduce(factor))
     return pixel_statistics(rgb)
+
+
+def analysis_image(rgb: Any) -> Any:
+    """A Pillow image divided by the largest power of two that keeps its longer side >=
+    ANALYSIS_SIDE (so between ANALYSIS_SIDE and twice that, unless it was smaller to begin with)."""
+    factor = analysis_factor(rgb.size, ANALYSIS_SIDE)
+    return rgb.reduce(factor) if factor > 1 else rgb
+
+
+def extract_features(image: Any) -> dict[str, float | int | str]:
+    """Monitoring features of a checked, decoded upload (services/common/images.py's
+    CheckedImage; check_image with analysis_side=ANALYSIS_SIDE lets libjpeg decode a JPEG at
+    the right scale already, and a full-size decode gives the same scale)."""
+    if image.rgb is None:
+        raise ValueError("extract_features needs a decoded image (check_image with decode=True)")
+    return {**header_features(image.width, image.height, image.format, image.mode, image.byte_size),
+            **pixel_statistics(np.asarray(analysis_image(image.rgb)))}

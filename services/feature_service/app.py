@@ -20,7 +20,7 @@ from services.common import config
 from services.common.images import check_image, decode_slot, header_cost
 from services.common.model_info import input_size
 from services.common.web import ApiError, create_app, json_body
-from services.feature_service.features import ANALYSIS_SIDE, extract_features
+from services.common.image_features import ANALYSIS_SIDE, extract_features
 
 SERVICE_NAME = "feature-service"
 

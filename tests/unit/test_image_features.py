@@ -11,7 +11,7 @@ from governance import drift
 from services.common import image_features, logs, metrics
 from services.common.config import REPO_ROOT
 from services.common.images import check_image
-from services.feature_service.features import extract_features
+from services.common.image_features import extract_features
 
 TEMPLATE = REPO_ROOT / "observability" / "elasticsearch" / "index-template.json"
 

@@ -109,7 +109,7 @@ def test_a_jpeg_is_decoded_at_the_scale_the_features_need_and_still_fully_read()
 
 
 def test_features_barely_move_between_a_reduced_and_a_full_decode():
-    from services.feature_service.features import extract_features
+    from services.common.image_features import extract_features
 
     reduced, full = extract_features(check_image(frame(), analysis_side=320)), extract_features(check_image(frame()))
     assert reduced["width"] == full["width"] == 676
@@ -119,7 +119,7 @@ def test_features_barely_move_between_a_reduced_and_a_full_decode():
 
 
 def test_feature_cost_stays_flat_for_large_uploads():
-    from services.feature_service.features import analysis_image
+    from services.common.image_features import analysis_image
 
     big = encode(Image.open(io.BytesIO(frame())).resize((6760, 3800)), "JPEG", quality=80)
     drafted = check_image(big, max_pixels=40_000_000, analysis_side=320).rgb

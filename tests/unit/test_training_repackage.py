@@ -11,7 +11,7 @@ import pytest
 
 from services.common import image_features
 from services.common.images import check_image
-from services.feature_service.features import extract_features
+from services.common.image_features import extract_features
 from tests.conftest import REPO_ROOT, frame
 from training import serving_runtime
 from training.repackage import repackage
