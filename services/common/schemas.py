@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from services.common.image_features import FEATURES
 from services.common.pseudonym import HASH_PATTERN, KEY_ID_PATTERN
 
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
@@ -106,6 +107,28 @@ class StoredPrediction(Answer):
 class StoreAck(Answer):
     request_id: str
     stored: Literal[True]
+
+
+_FEATURE_TYPES: dict[str, type] = {"integer": int, "long": int, "float": float, "keyword": str}
+# The monitoring features of one image, from the one list (services/common/image_features.py).
+Features: type[BaseModel] = create_model(
+    "Features", __base__=Answer, __doc__="The image's monitoring features (no pixels): header features and "
+                                          "pixel statistics, for drift monitoring.",
+    **{f.name: (_FEATURE_TYPES[f.es_type], Field(description=f.meaning)) for f in FEATURES})  # type: ignore[call-overload]
+
+
+class PreprocessedSize(Answer):
+    width: int
+    height: int
+
+
+class PreprocessResult(Answer):
+    """The feature service's `POST /preprocess` answer."""
+    request_id: str
+    features: Features  # type: ignore[valid-type]
+    preprocessed_image: str | None = Field(None, description="the model-ready image, base64 JPEG (unless include_image=false)")
+    preprocessed_size: PreprocessedSize | None = None
+    processing_time_ms: Annotated[float, Field(ge=0.0)]
 
 
 class ImageSize(Answer):
