@@ -22,7 +22,8 @@ import sqlalchemy as sa
 from governance.audit_sources import HEX64, TIMEOUT, UNAUTHENTICATED_BY_DESIGN, AuditContext, gateway_routes, http_get
 from governance.purge import retention_days
 from governance.store import DECLARED_COLUMNS, aware
-from governance.triton_control import triton_http_url, triton_ready_versions, version_dirs
+from governance.triton_control import triton_ready_versions, version_dirs
+from services.common.triton_client import http_url as triton_http_url
 from services.common import config
 from services.common.integrity import DEFAULT_MODEL_NAME, load_registry, registry_path, repository_path, verify_version
 

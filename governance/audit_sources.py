@@ -17,7 +17,8 @@ from typing import Any, Iterator
 import requests
 
 from governance.store import GovernanceStore
-from governance.triton_control import triton_http_url, triton_ready_versions, version_dirs
+from governance.triton_control import triton_ready_versions, version_dirs
+from services.common.triton_client import http_url as triton_http_url
 from services.common import config
 from services.common.integrity import DEFAULT_MODEL_NAME, repository_path
 from services.common.service_token import caller_headers

@@ -2,7 +2,7 @@
 
 Deprecating a version stops Triton from serving it: the model's `config.pbtxt` gets
 `version_policy { specific { versions: [...] } }` naming the newest non-deprecated
-version(s), and a running Triton is asked to reload (`POST /v2/repository/models/<name>/load`).
+version(s), and a running Triton is asked to reload (`POST /v2/repository/models/<name>/load`, through services/common/triton_client.py).
 The local Triton (services/triton/run.sh) runs with `--model-control-mode=explicit
 --load-model=car_detector`: that call rereads config.pbtxt, loads the pinned version and
 unloads the deprecated one before it returns. Under `--model-control-mode=poll`
@@ -18,16 +18,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import requests
+from services.common.triton_client import ready_versions as triton_ready_versions
+from services.common.triton_client import reload_model as request_triton_reload
 
-from services.common.config import settings
-from services.common.integrity import DEFAULT_MODEL_NAME, version_key
-from services.common.service_token import triton_admin_headers
-
-
-def triton_http_url() -> str:
-    url = settings.TRITON_HTTP_URL
-    return url if url.startswith("http") else f"http://{url}"
+__all__ = ["request_triton_reload", "set_version_policy", "triton_ready_versions", "version_dirs", "wait_until_unserved"]
 
 
 def version_dirs(model_dir: Path) -> list[int]:
@@ -68,36 +62,6 @@ def set_version_policy(config_file: Path, versions: list[int], deprecated: list[
         handle.write(text)
     os.chmod(tmp, 0o644)
     os.replace(tmp, config_file)  # atomic: a polling Triton never reads half a file
-
-
-def request_triton_reload(name: str = DEFAULT_MODEL_NAME, timeout: float = 60.0) -> str:
-    """Ask Triton to reload the model (explicit model control). Returns what happened."""
-    url = f"{triton_http_url()}/v2/repository/models/{name}/load"
-    try:
-        answer = requests.post(url, headers=triton_admin_headers(), timeout=timeout)  # model control is restricted
-    except requests.RequestException:
-        return f"Triton not reachable at {triton_http_url()}: the new policy applies when it next loads the model"
-    if answer.status_code == 200:
-        return "reloaded by Triton (explicit model control)"
-    message = answer.text[:300]
-    if "poll" in message.lower():
-        return ("Triton runs with --model-control-mode=poll: it rereads config.pbtxt by itself within "
-                "--repository-poll-secs; explicit loads are refused in that mode")
-    if "explicit model load / unload is not allowed" in message.lower():
-        return "Triton runs with --model-control-mode=none: restart it to apply the new version_policy"
-    return f"Triton refused the reload ({answer.status_code}): {message}"
-
-
-def triton_ready_versions(name: str = DEFAULT_MODEL_NAME, timeout: float = 3.0) -> list[str] | None:
-    """Versions Triton reports READY, or None if Triton is unreachable."""
-    try:
-        answer = requests.post(f"{triton_http_url()}/v2/repository/index", json={}, headers=triton_admin_headers(),
-                               timeout=timeout)
-        answer.raise_for_status()
-    except requests.RequestException:
-        return None
-    return sorted((str(m.get("version")) for m in answer.json()
-                   if m.get("name") == name and m.get("state") == "READY"), key=version_key)
 
 
 def wait_until_unserved(name: str, version: str, timeout: float = 60.0) -> bool:

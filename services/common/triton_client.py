@@ -10,6 +10,9 @@ engine, services/triton/check.py, training/evaluate.py and loadtest/bench.py. It
   UNAVAILABLE/timeouts make calls fail at once for a few seconds;
 - one channel per process, made again after a fork (gRPC channels do not survive one).
 
+Model control (`reload_model`, `ready_versions`: Triton's restricted HTTP APIs, with the admin
+key) serves the model registry and the audit.
+
 `connect()` is the plain `tritonclient.grpc.InferenceServerClient` with the same TLS and
 channel settings, for tools that drive Triton themselves (benchmarks, evaluation).
 """
@@ -26,6 +29,7 @@ import numpy as np
 
 from services.common import config, tls
 from services.common.resilience import CircuitBreaker, CircuitOpen
+from services.common.service_token import triton_admin_headers
 
 if TYPE_CHECKING:  # tritonclient is imported lazily: tools import this module cheaply
     import tritonclient.grpc as grpcclient
@@ -140,7 +144,7 @@ class TritonModel:
     def served_version(self, timeout_s: float = 2.0) -> str:
         """The newest version Triton serves, from the model's metadata."""
         metadata = self.client.get_model_metadata(self.model_name, client_timeout=timeout_s)
-        return max(metadata.versions, key=int) if metadata.versions else ""
+        return max(metadata.versions, key=lambda version: (len(version), version))  # integer strings if metadata.versions else ""
 
     def infer(self, images: Sequence[bytes], request_id: str = "", timeout_s: float | None = None) -> BatchResult:
         """Detections for each encoded image (one request; Triton batches across requests).
@@ -182,3 +186,48 @@ class TritonModel:
             for i in range(len(images))
         ]
         return BatchResult(per_image, result.get_response().model_version)
+
+
+# --------------------------------------------------------------------------- model control (HTTP)
+
+def http_url() -> str:
+    url = config.TRITON_HTTP_URL
+    return url if url.startswith("http") else f"http://{url}"
+
+
+def reload_model(name: str | None = None, timeout: float = 60.0) -> str:
+    """Ask Triton to reload the model (explicit model control, a restricted API over HTTP).
+    Returns what happened, in words."""
+    import requests
+
+    name = name or config.TRITON_MODEL_NAME
+    url = f"{http_url()}/v2/repository/models/{name}/load"
+    try:
+        answer = requests.post(url, headers=triton_admin_headers(), timeout=timeout)  # model control is restricted
+    except requests.RequestException:
+        return f"Triton not reachable at {http_url()}: the new policy applies when it next loads the model"
+    if answer.status_code == 200:
+        return "reloaded by Triton (explicit model control)"
+    message = answer.text[:300]
+    if "poll" in message.lower():
+        return ("Triton runs with --model-control-mode=poll: it rereads config.pbtxt by itself within "
+                "--repository-poll-secs; explicit loads are refused in that mode")
+    if "explicit model load / unload is not allowed" in message.lower():
+        return "Triton runs with --model-control-mode=none: restart it to apply the new version_policy"
+    return f"Triton refused the reload ({answer.status_code}): {message}"
+
+
+def ready_versions(name: str | None = None, timeout: float = 3.0) -> list[str] | None:
+    """Versions Triton reports READY (its repository index, a restricted API), or None if
+    Triton is unreachable."""
+    import requests
+
+    name = name or config.TRITON_MODEL_NAME
+    try:
+        answer = requests.post(f"{http_url()}/v2/repository/index", json={}, headers=triton_admin_headers(),
+                               timeout=timeout)
+        answer.raise_for_status()
+    except requests.RequestException:
+        return None
+    return sorted((str(m.get("version")) for m in answer.json()
+                   if m.get("name") == name and m.get("state") == "READY"), key=lambda version: (len(version), version))  # integer strings
