@@ -60,15 +60,16 @@ from loadtest.bench_stack import (
     stack_pss_mb,
     stack_rss_mb,
 )
+from services.common import config
 from services.common.config import REPO_ROOT
 
-DATA_DIR = Path(os.environ.get("DATA_DIR", REPO_ROOT.parent / "shared/data/car-object-detection"))
-CONCURRENCY = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,4,16").split(",")]
-SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
-STRICT = os.environ.get("BENCH_STRICT", "0").lower() in ("1", "true", "yes")
+DATA_DIR = Path(config.DATA_DIR)
+CONCURRENCY = [int(c) for c in config.BENCH_CONCURRENCY.split(",")]
+SECONDS = config.BENCH_SECONDS
+ROUNDS = config.BENCH_ROUNDS
+STRICT = config.BENCH_STRICT
 OUT_DIR = Path(ENV["VAR_DIR"]) / "bench"
-SELECTED = [p for p in os.environ.get("BENCH_PATHS", ",".join(PATHS)).split(",") if p in PATHS]
+SELECTED = [p for p in (config.BENCH_PATHS or ",".join(PATHS)).split(",") if p in PATHS]
 
 
 def frames(count: int = 16) -> list[bytes]:

@@ -15,9 +15,10 @@ import requests
 
 from loadtest.bench_model import in_process_openvino, latest_version_dir  # noqa: F401 - in_process_openvino: a path by name
 from loadtest.bench_stack import ENV, log
+from services.common import config
 from services.common.config import REPO_ROOT
 
-NAIVE_PORT = int(os.environ.get("BENCH_NAIVE_PORT", "29999"))
+NAIVE_PORT = config.BENCH_NAIVE_PORT
 BASELINES = {"naive_baseline": ("seed", NAIVE_PORT), "flask_savedmodel": ("savedmodel", NAIVE_PORT + 1)}
 
 

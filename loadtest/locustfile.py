@@ -8,7 +8,6 @@ generated var/secrets/api_keys. Every answer's status and X-Request-ID are check
 """
 from __future__ import annotations
 
-import os
 import random
 import uuid
 from pathlib import Path
@@ -32,8 +31,8 @@ def _keys() -> dict[str, str]:
         key, _, role = entry.strip().rpartition(":")
         if key and role:
             found.setdefault(role, key)
-    return {"client": os.environ.get("LOCUST_CLIENT_KEY", found.get("client", "")),
-            "dpo": os.environ.get("LOCUST_DPO_KEY", found.get("dpo", ""))}
+    return {"client": config.LOCUST_CLIENT_KEY or found.get("client", ""),
+            "dpo": config.LOCUST_DPO_KEY or found.get("dpo", "")}
 
 
 KEYS = _keys()

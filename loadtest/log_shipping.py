@@ -23,7 +23,6 @@ import io
 import json
 import logging
 import logging.handlers
-import os
 import platform
 import queue
 import socket
@@ -36,7 +35,7 @@ from pathlib import Path
 from services.common import config
 from services.common.logs import LogstashShipper, ecs_formatter
 
-EVENTS = int(os.environ.get("LOG_BENCH_EVENTS", "20000"))
+EVENTS = config.LOG_BENCH_EVENTS
 QUEUE_SIZE = 10000
 GRACE_S = 3.0
 OUTAGE_GRACE_S = 10.0

@@ -33,12 +33,13 @@ from pathlib import Path
 
 from loadtest import bench, bench_paths, bench_stack  # the same frames, client and stack handling as make bench
 from loadtest.bench_model import plot
+from services.common import config
 from services.common.config import REPO_ROOT
 
 MODEL = "car_detector"
 OUT_DIR = Path(bench_stack.ENV["VAR_DIR"]) / "perf"
-INTERVAL_MS = int(os.environ.get("PERF_INTERVAL_MS", "4000"))
-BENCH_SECONDS = float(os.environ.get("PERF_BENCH_SECONDS", "5"))
+INTERVAL_MS = config.PERF_INTERVAL_MS
+BENCH_SECONDS = config.PERF_BENCH_SECONDS
 STABILITY_PERCENT = (20, 50, 100)
 
 
@@ -59,7 +60,7 @@ def input_data(images: list[bytes]) -> dict:
 
 
 def perf_analyzer_binary() -> str:
-    binary = os.environ.get("PERF_ANALYZER") or shutil.which("perf_analyzer")
+    binary = config.PERF_ANALYZER or shutil.which("perf_analyzer")
     if not binary:
         sys.exit("perf_analyzer not found: run `make perf` (scripts/perf.sh installs it) or set PERF_ANALYZER")
     return binary
@@ -146,7 +147,7 @@ def plot_rows(rows: list[dict], conditions: dict, path: Path) -> bool:
 
 def main() -> int:
     began = time.perf_counter()
-    levels = concurrency_levels(os.environ.get("PERF_CONCURRENCY", "1:8"))
+    levels = concurrency_levels(config.PERF_CONCURRENCY)
     binary = perf_analyzer_binary()
     images = bench.frames()
     load_before = [round(x, 2) for x in os.getloadavg()]

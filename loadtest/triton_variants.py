@@ -24,10 +24,11 @@ from pathlib import Path
 import psutil
 
 from loadtest import bench, bench_paths, bench_stack
+from services.common import config
 from services.common.config import REPO_ROOT
 
 MODEL_DIR = REPO_ROOT / "model_repository" / "car_detector"
-BASE_PORT = int(os.environ.get("VARIANTS_BASE_PORT", "38000"))
+BASE_PORT = config.VARIANTS_BASE_PORT
 
 
 def variant_repository(name: str, count: int, intra: int, root: Path) -> Path:

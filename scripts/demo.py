@@ -6,7 +6,6 @@ detections as a table and write annotated copies under var/demo/.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,8 +24,8 @@ SAMPLES = ["training_images/vid_4_1000.jpg", "training_images/vid_4_10000.jpg", 
 
 
 def client_key() -> str:
-    if os.environ.get("DEMO_API_KEY"):
-        return os.environ["DEMO_API_KEY"]
+    if config.DEMO_API_KEY:
+        return config.DEMO_API_KEY
     spec = config.API_KEYS or (default_keys_file().read_text() if default_keys_file().exists() else "")
     for entry in spec.replace("\n", ",").split(","):
         key, _, role = entry.strip().rpartition(":")

@@ -21,10 +21,11 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from services.common import config
 from services.common.config import REPO_ROOT, Settings, create_secret_file, settings
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 CONF = REPO_ROOT / "scripts" / "supervisord.conf"
-START_TIMEOUT_S = float(os.environ.get("STACK_START_TIMEOUT_S", "240"))
+START_TIMEOUT_S = config.STACK_START_TIMEOUT_S
 
 # scripts/supervisord.conf interpolates these, so they must be in the environment: the
 # declared defaults (services/common/config.py) unless set. REDIS_PORT: the stack's own

@@ -241,20 +241,19 @@ def _cpu_name() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    env = os.environ.get
     p = argparse.ArgumentParser(prog="python -m training.crossval", description=__doc__.split("\n\n")[0])
     p.add_argument("data", nargs="?", default=config.DATA_DIR)
     p.add_argument("--layout", default="auto", choices=["auto", "kaggle", "yolo", "coco"])
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--gap-frames", type=int, default=2)
     p.add_argument("--budget-minutes-per-fold", type=float, default=5.0)
-    p.add_argument("--input-size", type=parse_size, default=parse_size(env("INPUT_SIZE", "512x288")))
-    p.add_argument("--patch-size", type=parse_size, default=parse_size(env("PATCH_SIZE", "320x192")),
+    p.add_argument("--input-size", type=parse_size, default=parse_size(config.INPUT_SIZE))
+    p.add_argument("--patch-size", type=parse_size, default=parse_size(config.PATCH_SIZE),
                    help="training patch WIDTHxHEIGHT cut from the frame at the input scale")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps-per-epoch", type=int, default=0)
     p.add_argument("--max-epochs", type=int, default=400)
-    p.add_argument("--backbone-weights", default=env("BACKBONE_WEIGHTS", "imagenet"))
+    p.add_argument("--backbone-weights", default=config.BACKBONE_WEIGHTS)
     p.add_argument("--out", default=str(DEFAULT_OUT))
     p.add_argument("--resume", action="store_true", help="keep the folds already in --out")
     return p

@@ -34,25 +34,24 @@ DEFAULT_CROSSVAL = REPO_ROOT / "var" / "reports" / "crossval" / "crossval.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    env = os.environ.get
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=config.DATA_DIR, help="dataset folder (env DATA_DIR)")
     p.add_argument("--layout", default="auto", choices=["auto", "kaggle", "yolo", "coco"])
-    p.add_argument("--backbone-weights", default=env("BACKBONE_WEIGHTS", "imagenet"),
+    p.add_argument("--backbone-weights", default=config.BACKBONE_WEIGHTS,
                    help="imagenet (offline file under ../shared/weights or $KERAS_HOME/models, else download), none, or a .h5 path")
-    p.add_argument("--init-from", default=env("INIT_FROM", ""), metavar="VERSION_DIR",
+    p.add_argument("--init-from", default=config.INIT_FROM, metavar="VERSION_DIR",
                    help="warm start from a previous version's weights (same input size and classes)")
-    p.add_argument("--budget-minutes", type=float, default=float(env("TRAIN_BUDGET_MINUTES", "30")),
+    p.add_argument("--budget-minutes", type=float, default=config.TRAIN_BUDGET_MINUTES,
                    help="wall-clock budget of the training loop (the LR schedule is planned to end with it)")
     p.add_argument("--output", default=config.MODEL_REPOSITORY, help="Triton model repository root")
     p.add_argument("--version", type=int, default=None, help="version number to (re)write; default max+1")
-    p.add_argument("--input-size", type=parse_size, default=parse_size(env("INPUT_SIZE", "512x288")),
+    p.add_argument("--input-size", type=parse_size, default=parse_size(config.INPUT_SIZE),
                    help="network input WIDTHxHEIGHT (multiples of 32); keep the frames' aspect")
-    p.add_argument("--patch-size", type=parse_size, default=parse_size(env("PATCH_SIZE", "320x192")),
+    p.add_argument("--patch-size", type=parse_size, default=parse_size(config.PATCH_SIZE),
                    help="training patch WIDTHxHEIGHT cut from the augmented frame (= input size: whole frames)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-epochs", type=int, default=400)
-    p.add_argument("--lr", type=float, default=float(env("TRAIN_LR", "1.5e-3")))
+    p.add_argument("--lr", type=float, default=config.TRAIN_LR)
     p.add_argument("--val-fraction", type=float, default=0.0,
                    help="hold out a contiguous block for a validation report (0 = train on all frames)")
     p.add_argument("--val-position", type=float, default=1.0, help="where that block starts (0 = first, 1 = last frames)")
@@ -60,13 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how often images with objects are drawn relative to empty ones")
     p.add_argument("--steps-per-epoch", type=int, default=0, help="0 = one pass over the training images")
     p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--crossval", default=env("CROSSVAL_REPORT", str(DEFAULT_CROSSVAL)),
+    p.add_argument("--crossval", default=config.CROSSVAL_REPORT,
                    help="training.crossval's crossval.json: figures, calibration and threshold for the metadata")
     p.add_argument("--load-weights", default="", metavar="PATH",
                    help="skip training: export these weights (the .weights.h5 every run saves under var/train/)")
     p.add_argument("--no-openvino", action="store_true", help="export the SavedModel only (no IR, TensorFlow serves)")
     p.add_argument("--no-export", action="store_true", help="train (and evaluate) only")
-    p.add_argument("--triton", default=env("TRITON_RELOAD_GRPC"), metavar="HOST:PORT",
+    p.add_argument("--triton", default=config.TRITON_RELOAD_GRPC or None, metavar="HOST:PORT",
                    help="after export, ask this running Triton (gRPC) to load the new version")
     p.add_argument("--registry", default=None, metavar="PATH",
                    help="model registry JSON (default $MODEL_REGISTRY_PATH or governance/model_registry.json)")

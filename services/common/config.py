@@ -24,6 +24,7 @@ __all__ = ["REPO_ROOT", "Settings", "Var", "secret", "secret_list", "settings", 
 
 _NET, _MODEL, _LIMITS, _XAI = "Ports and addresses", "Model", "Limits, timeouts, workers", "Explanations (/api/explain)"
 _DATA, _SEC, _OBS, _DEPLOY = "Storage, data and retention", "Secrets and TLS", "Logs and metrics", "Deployment files only"
+_TOOLS = "Tools: training, benchmarks, scripts"
 
 
 class Settings(SettingsBase):
@@ -170,6 +171,46 @@ class Settings(SettingsBase):
     PROMETHEUS_PORT = Var(9090, "host port of Prometheus", _DEPLOY, read_by="compose")
     KONG_HTTP_PORT = Var(8800, "host port of Kong's HTTP proxy", _DEPLOY, read_by="compose")
     KONG_GRPC_PORT = Var(9080, "host port of Kong's gRPC (HTTP/2) proxy", _DEPLOY, read_by="compose")
+
+
+    # --- tools (defaults of their command-line options) -----------------------------------
+    BACKBONE_WEIGHTS = Var("imagenet", "training's backbone initialisation: imagenet (the offline file), none, or a .h5 path",
+                           _TOOLS, read_by="tools")
+    INIT_FROM = Var("", "training: warm start from this version directory's weights (empty: no warm start)", _TOOLS,
+                    read_by="tools")
+    TRAIN_BUDGET_MINUTES = Var(30.0, "training's wall-clock budget (the learning-rate schedule ends with it)", _TOOLS,
+                               read_by="tools")
+    TRAIN_LR = Var(1.5e-3, "training's peak learning rate", _TOOLS, read_by="tools")
+    INPUT_SIZE = Var("512x288", "training and cross-validation: the network's input, WIDTHxHEIGHT", _TOOLS, read_by="tools")
+    PATCH_SIZE = Var("320x192", "training and cross-validation: the random crop trained on, WIDTHxHEIGHT", _TOOLS,
+                     read_by="tools")
+    CROSSVAL_REPORT = Var("{REPO_ROOT}/var/reports/crossval/crossval.json",
+                          "training: the cross-validation whose calibration and figures a new version records", _TOOLS,
+                          read_by="tools")
+    TRITON_RELOAD_GRPC = Var("", "training: reload the model on this Triton (host:port) after export; empty: none",
+                             _TOOLS, read_by="tools")
+    BENCH_CONCURRENCY = Var("1,4,16", "make bench: client concurrencies, comma-separated", _TOOLS, read_by="tools")
+    BENCH_SECONDS = Var(5.0, "make bench: seconds per path, concurrency and round", _TOOLS, read_by="tools")
+    BENCH_ROUNDS = Var(2, "make bench: interleaved rounds", _TOOLS, read_by="tools")
+    BENCH_STRICT = Var(False, "make bench: exit 1 when a target fails", _TOOLS, read_by="tools")
+    BENCH_PATHS = Var("", "make bench: the paths to measure, comma-separated (empty: all)", _TOOLS, read_by="tools")
+    BENCH_NAIVE_PORT = Var(29999, "make bench: port of the naive Flask baseline", _TOOLS, read_by="tools")
+    VARIANTS_BASE_PORT = Var(38000, "make triton-variants: first port of the variants' Tritons", _TOOLS, read_by="tools")
+    PERF_ANALYZER = Var("", "make perf: the perf_analyzer binary (empty: on PATH, as scripts/perf.sh installs it)",
+                        _TOOLS, read_by="tools")
+    PERF_CONCURRENCY = Var("1:8", "make perf: concurrency range START:END", _TOOLS, read_by="tools")
+    PERF_INTERVAL_MS = Var(4000, "make perf: perf_analyzer's measurement window", _TOOLS, read_by="tools")
+    PERF_BENCH_SECONDS = Var(5.0, "make perf: seconds of bench's Triton-direct client per concurrency", _TOOLS,
+                             read_by="tools")
+    LOG_BENCH_EVENTS = Var(20000, "make log-shipping-bench: events logged per run", _TOOLS, read_by="tools")
+    LOCUST_CLIENT_KEY = Var("", "make loadtest: the client key (empty: API_KEYS or the stack's generated keys)", _TOOLS,
+                            read_by="tools", kind="secret")
+    LOCUST_DPO_KEY = Var("", "make loadtest: the dpo key (empty: API_KEYS or the stack's generated keys)", _TOOLS,
+                         read_by="tools", kind="secret")
+    DEMO_API_KEY = Var("", "make demo: the client key (empty: API_KEYS or the stack's generated keys)", _TOOLS,
+                       read_by="tools", kind="secret")
+    STACK_START_TIMEOUT_S = Var(240.0, "make up/run: seconds every service has to become healthy", _TOOLS,
+                                read_by="tools")
 
 
 settings = Settings()

@@ -10,10 +10,18 @@ from scripts import config_docs
 from services.common import config, model_info
 from services.common.config import REPO_ROOT, Settings
 
-# Environment reads outside the settings object that are not configuration:
-# gunicorn's own variable, and prometheus-client's directory, which it reads itself.
-ALLOWED_ENV_LINES = ('os.environ.get("SERVER_SOFTWARE"', 'os.environ["PROMETHEUS_MULTIPROC_DIR"]')
-LAYERS = ("services", "gateway")
+# Environment reads outside the settings object that are not this project's configuration:
+# gunicorn's own variable, prometheus-client's directory (it reads it itself), Keras's and
+# TensorFlow's own, the Triton model's CAR_DETECTOR_* overrides (it runs inside Triton, with
+# nothing of the project importable), and whole-environment copies for child processes.
+ALLOWED_ENV_LINES = ('os.environ.get("SERVER_SOFTWARE"', 'os.environ["PROMETHEUS_MULTIPROC_DIR"]', '"KERAS_HOME"',
+                     '"TF_ENABLE_ONEDNN_OPTS"', 'f"CAR_DETECTOR_{key}"', "os.environ.items()", 'os.environ["VAR_DIR"] =',
+                     'os.environ.get("USER")', 'os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL"',
+                     'os.environ.setdefault("CUDA_VISIBLE_DEVICES"', '{**os.environ', 'dict(os.environ)')
+LAYERS = ("services", "gateway", "training", "loadtest", "governance", "scripts")
+# scripts/compose runs on the system python3 before any virtualenv exists; a one-off
+# measurement script names the tests' own database.
+NOT_CHECKED = ("scripts/compose/", "scripts/compaction_cost.py")
 
 
 def test_docs_configuration_md_is_generated_from_the_declarations():
@@ -28,19 +36,21 @@ def test_every_variable_has_a_meaning_a_group_and_a_kind():
     for name, var in variables.items():
         assert var.name == name and re.fullmatch(r"[A-Z][A-Z0-9_]*", name)
         assert len(var.meaning) > 10 and var.group and var.kind in ("int", "float", "bool", "str", "secret")
-        assert var.read_by in ("services", "compose")
+        assert var.read_by in ("services", "compose", "tools")
 
 
 def test_the_services_read_the_environment_only_through_the_settings_object():
     offenders = []
     for layer in LAYERS:
         for path in (REPO_ROOT / layer).rglob("*.py"):
-            if path.name in ("config.py", "settings.py") or "_pb2" in path.name:
+            if path.name in ("config.py", "settings.py") or "_pb2" in path.name or \
+                    str(path.relative_to(REPO_ROOT)).startswith(NOT_CHECKED):
                 continue
             for number, line in enumerate(path.read_text().splitlines(), 1):
                 if re.search(r"os\.environ|os\.getenv|getenv\(", line) and not any(a in line for a in ALLOWED_ENV_LINES):
                     offenders.append(f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()}")
     assert not offenders, "read these through services/common/config.py:\n" + "\n".join(offenders)
+    assert "os.environ.get" in (REPO_ROOT / "training" / "triton_model.py").read_text()  # the allowance is still needed
 
 
 def test_values_are_read_when_asked_typed_and_defaults_follow_other_settings(monkeypatch):
