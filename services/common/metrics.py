@@ -28,11 +28,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, values
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-
 from services.common import config, image_features
+
+# prometheus_client chooses between in-process and multiprocess values once, when it is first
+# imported, from PROMETHEUS_MULTIPROC_DIR: so it is imported only in `setup`, after that
+# variable is set, never at this module's import.
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
 CONFIDENCE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
@@ -62,13 +62,18 @@ def setup(service: str, multiprocess_mode: bool) -> None:
         if multiprocess_mode:
             path = metrics_dir(service)
             path.mkdir(parents=True, exist_ok=True)
-            # prometheus_client reads the directory from the environment at each value's creation.
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
-            values.ValueClass = values.MultiProcessValue()
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)  # read by prometheus_client's first import
             _multiprocess_dir = path
+        from prometheus_client import values
+
+        if multiprocess_mode and values.ValueClass.__name__ != "MmapedValue":
+            raise RuntimeError("prometheus_client was imported before services.common.metrics.setup(): its values "
+                               "would stay per worker process instead of in PROMETHEUS_MULTIPROC_DIR")
 
 
 def _factories() -> dict[str, Callable[[], Any]]:
+    from prometheus_client import Counter, Histogram
+
     made: dict[str, Callable[[], Any]] = {
         "http_requests": lambda: Counter("http_requests_total", "HTTP requests answered",
                                          ["route", "method", "status"]),
@@ -96,16 +101,19 @@ def _factories() -> dict[str, Callable[[], Any]]:
     return made
 
 
-_FACTORIES = _factories()
+_factories_made: dict[str, Callable[[], Any]] = {}
 
 
 def _m(name: str) -> Any:
+    """The metric `name`, created on first use (after `setup`, which chose its storage)."""
     metric = _metrics.get(name)
     if metric is None:
         with _lock:
             metric = _metrics.get(name)
             if metric is None:
-                metric = _metrics[name] = _FACTORIES[name]()
+                if not _factories_made:
+                    _factories_made.update(_factories())
+                metric = _metrics[name] = _factories_made[name]()
     return metric
 
 
@@ -183,6 +191,10 @@ def authorised(header: str | None) -> bool:
 
 
 def exposition() -> bytes:
+    import prometheus_client
+    from prometheus_client import CollectorRegistry, multiprocess
+    from prometheus_client.exposition import generate_latest
+
     if _multiprocess_dir is not None:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=str(_multiprocess_dir))
@@ -215,6 +227,8 @@ def instrument(app: Any, service: str) -> None:
             response.status_code = 401
             response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
             return response
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
         return Response(exposition(), content_type=CONTENT_TYPE_LATEST)
 
     app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
@@ -222,9 +236,15 @@ def instrument(app: Any, service: str) -> None:
 
 def serve_standalone(service: str, port: int, host: str = "127.0.0.1") -> Any:
     """A small threaded HTTP server for `/metrics` of a non-HTTP process (the gRPC adapter)."""
-    from wsgiref.simple_server import make_server
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-    from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True  # a scrape in flight never holds up the process's exit
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+            """Scrapes are not logged: every request would be a line."""
 
     setup(service, multiprocess_mode=False)
     _token()
@@ -237,11 +257,13 @@ def serve_standalone(service: str, port: int, host: str = "127.0.0.1") -> Any:
             start_response("401 Unauthorized", [("Content-Type", "application/json"),
                                                 ("WWW-Authenticate", 'Bearer realm="metrics"')])
             return [b'{"error": "metrics need header Authorization: Bearer <METRICS_TOKEN>"}']
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
         start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
         return [exposition()]
 
     try:
-        server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+        server = make_server(host, port, app, Server, handler_class=QuietHandler)
     except OSError as exc:  # a busy metrics port must not take the service down with it
         import logging
 
