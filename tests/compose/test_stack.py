@@ -61,6 +61,12 @@ def test_every_service_container_logs_ecs_json_with_the_request_id(composed: Com
     since = str(int(time.time()) - 1)
     rid = f"compose-log-{uuid.uuid4()}"
     assert detect(https, composed, rid, "log-subject").status_code == 201
+    # A detection does not pass the feature service (the model returns the statistics): its
+    # own route, relayed by the gateway, carries the same request id there.
+    relayed = https.post(composed.url("GATEWAY_PORT", "/api/features/preprocess?include_image=false"), data=frame(),
+                         headers={"X-API-Key": composed.key("client"), "X-Request-ID": rid,
+                                  "Content-Type": "application/octet-stream"}, timeout=60)
+    assert relayed.status_code == 200 and relayed.json()["features"]["brightness"] > 0, relayed.text
     for service in PYTHON_SERVICES:
         # the lines reach the engine's log driver a little after the answer: wait for them
         assert wait_until(lambda s=service: any(rid in line for line in composed.logs(s, since=since)), 60), \
