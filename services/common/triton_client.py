@@ -195,39 +195,41 @@ def http_url() -> str:
     return url if url.startswith("http") else f"http://{url}"
 
 
-def reload_model(name: str | None = None, timeout: float = 60.0) -> str:
-    """Ask Triton to reload the model (explicit model control, a restricted API over HTTP).
-    Returns what happened, in words."""
-    import requests
+def _control(method: str, path: str, timeout: float, body: bytes | None = None) -> tuple[int, bytes] | None:
+    """One call to a restricted Triton HTTP API with the admin key; None when Triton is unreachable."""
+    import urllib3
 
-    name = name or config.TRITON_MODEL_NAME
-    url = f"{http_url()}/v2/repository/models/{name}/load"
     try:
-        answer = requests.post(url, headers=triton_admin_headers(), timeout=timeout)  # model control is restricted
-    except requests.RequestException:
+        answer = urllib3.request(method, f"{http_url()}{path}", body=body, headers=triton_admin_headers(),
+                                 timeout=timeout, retries=False, redirect=False)
+    except urllib3.exceptions.HTTPError:
+        return None
+    return answer.status, answer.data
+
+
+def reload_model(name: str | None = None, timeout: float = 60.0) -> str:
+    """Ask Triton to reload the model (explicit model control). Returns what happened, in words."""
+    answer = _control("POST", f"/v2/repository/models/{name or config.TRITON_MODEL_NAME}/load", timeout)
+    if answer is None:
         return f"Triton not reachable at {http_url()}: the new policy applies when it next loads the model"
-    if answer.status_code == 200:
+    status, body = answer
+    if status == 200:
         return "reloaded by Triton (explicit model control)"
-    message = answer.text[:300]
+    message = body.decode(errors="replace")[:300]
     if "poll" in message.lower():
         return ("Triton runs with --model-control-mode=poll: it rereads config.pbtxt by itself within "
                 "--repository-poll-secs; explicit loads are refused in that mode")
     if "explicit model load / unload is not allowed" in message.lower():
         return "Triton runs with --model-control-mode=none: restart it to apply the new version_policy"
-    return f"Triton refused the reload ({answer.status_code}): {message}"
+    return f"Triton refused the reload ({status}): {message}"
 
 
 def ready_versions(name: str | None = None, timeout: float = 3.0) -> list[str] | None:
-    """Versions Triton reports READY (its repository index, a restricted API), or None if
-    Triton is unreachable."""
-    import requests
-
-    name = name or config.TRITON_MODEL_NAME
-    try:
-        answer = requests.post(f"{http_url()}/v2/repository/index", json={}, headers=triton_admin_headers(),
-                               timeout=timeout)
-        answer.raise_for_status()
-    except requests.RequestException:
+    """Versions Triton reports READY (its repository index), or None if Triton is unreachable."""
+    answer = _control("POST", "/v2/repository/index", timeout, b"{}")
+    if answer is None or answer[0] != 200:
         return None
-    return sorted((str(m.get("version")) for m in answer.json()
-                   if m.get("name") == name and m.get("state") == "READY"), key=lambda version: (len(version), version))  # integer strings
+    name = name or config.TRITON_MODEL_NAME
+    return sorted((str(m.get("version")) for m in json.loads(answer[1])
+                   if m.get("name") == name and m.get("state") == "READY"),
+                  key=lambda version: (len(version), version))  # integer strings

@@ -26,7 +26,7 @@ IMPORT_TO_DIST = {
     "google": "protobuf", "tritonclient": "tritonclient", "sqlalchemy": "sqlalchemy",
     "psycopg2": "psycopg2-binary", "ecs_logging": "ecs-logging",
     "prometheus_client": "prometheus-client", "tensorflow": "tensorflow-cpu", "yaml": "pyyaml",
-    "urllib3": "requests",  # installed with requests, which pins a compatible range
+    "urllib3": "urllib3",
     "pydantic": "pydantic", "alembic": "alembic",
 }
 # Imports reachable in the code but never executed by one image, with the reason.
@@ -34,7 +34,7 @@ NOT_NEEDED = {
     "services/model_serving/Dockerfile": {
         "flask": "services/common/metrics.py: instrument() is for the HTTP services",
         "gunicorn": "services/common/logs.py: guarded import for gunicorn's logger",
-        "requests": "governance/model_registry.py: the `deprecate` CLI's Triton reload, not the serving guard",
+        "urllib3": "services/common/triton_client.py: model control (the registry's and the audit's), not the serving path",
     },
 }
 LOCAL_PACKAGES = {p.name for p in REPO_ROOT.iterdir() if (p / "__init__.py").exists()}
