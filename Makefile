@@ -14,7 +14,7 @@ DATA_DIR ?= $(abspath ../shared/data/car-object-detection)
 export PYTHONPATH := $(CURDIR)
 export DATA_DIR
 
-.PHONY: setup lint typecheck config-docs proto run up down status test test-unit test-deploy demo train bench logs trace loadtest purge audit registry certs vuln-audit perf log-shipping-bench model-cpu triton-variants openapi migrate rotate-pseudonym-key compose-up compose-down test-compose
+.PHONY: setup lint typecheck config-docs proto run up down status test test-unit test-deploy demo train bench logs trace loadtest purge audit registry certs vuln-audit perf cpu-per-request scale-out log-shipping-bench model-cpu triton-variants openapi migrate rotate-pseudonym-key compose-up compose-down test-compose
 
 setup: $(INSTALLED) $(PROTO_OUT)
 
@@ -121,6 +121,14 @@ model-cpu: setup
 VARIANTS ?= 2x2 1x2 2x1
 triton-variants: setup
 	$(PY) loadtest/triton_variants.py $(VARIANTS)
+
+# CPU ms per gateway detection for every service of the stack (issue 13; docs/performance.md).
+cpu-per-request: setup
+	$(PY) loadtest/cpu_per_request.py --concurrency 4 --seconds 40
+
+# Gateway workers 2 vs 4 and Triton instances 1 vs 2, end to end, from one run (the stack must be down).
+scale-out: setup
+	$(PY) loadtest/scale_out.py --seconds 20
 
 logs:
 	@tail -n 20 -F var/log/*.jsonl

@@ -41,8 +41,11 @@ def _ready(url: str) -> bool:
 
 
 def stack(command: str, env: dict[str, str]) -> None:
-    if subprocess.run([sys.executable, str(REPO_ROOT / "scripts/stack.py"), command], env=env,
-                      stdout=sys.stderr).returncode != 0:
+    """scripts/stack.py's own up/down, in this process: `up` completes `env` with the secrets
+    it generates (service token, Redis), which the extra gateway then shares."""
+    from scripts import stack as stack_script
+
+    if getattr(stack_script, command)(env) != 0:
         sys.exit(f"stack {command} failed; see the log tail above")
 
 

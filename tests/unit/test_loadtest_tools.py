@@ -45,3 +45,22 @@ def test_model_cpu_measures_one_openvino_variant_in_a_child_process():
     rows = json.loads(run.stdout.strip().splitlines()[-1])
     assert [row["batch"] for row in rows] == [1, 4]
     assert all(row["wall_ms_per_image"] > 0 and row["cpu_ms_per_image"] > 0 for row in rows)
+
+
+def test_service_cpu_attributes_a_process_cpu_to_its_service():
+    """`make cpu-per-request` / `make scale-out` / bench's gateway rows: CPU seconds per service,
+    read around a run (here: this process, burning CPU between start and stop)."""
+    import time
+
+    import psutil
+
+    from loadtest.bench_model import ServiceCpu, service_of
+
+    me = psutil.Process()
+    meter = ServiceCpu([me])
+    meter.start()
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass
+    measured = meter.stop()
+    assert list(measured) == [service_of(me)] and 0.25 <= measured[service_of(me)] < 5
