@@ -3,37 +3,32 @@
 Self-contained (numpy, Pillow, and OpenVINO or TensorFlow), so the Triton python backend's
 model.py, the bench and the tests all run the same code on the same files.
 
-- ``verify_manifest``: every file of the version must match the SHA-256 in its manifest.json
-  (written last by the exporter, registered with the rest); a corrupt, swapped or unlisted
-  OpenVINO IR is refused before it is compiled.
+- ``verify_manifest`` (``version_manifest.py`` beside this file): every file of the version
+  must match the SHA-256 in its manifest.json (written last by the exporter, registered with
+  the rest); a corrupt, swapped or unlisted OpenVINO IR is refused before it is compiled.
 - ``OpenVinoDetector``: Pillow decode (EXIF orientation applied), uint8 batch into the IR,
   which resizes in its graph (the same bilinear resize as the SavedModel), runs the network,
   picks heat-map peaks and turns distances into boxes; top-k, per-class NMS and the score
   calibration run here in numpy on at most 300 candidates per image. No TensorFlow import.
-  From the same decoded pixels it computes the image's monitoring statistics
-  (``image_features.py``, copied beside this file by the exporter), so that a detection
-  decodes its image once in the whole system.
+  From the same pixels it computes the image's monitoring statistics (``image_features.py``
+  beside this file), so that a detection decodes its image once in the whole system.
 - ``TensorFlowDetector``: the SavedModel's serving signature (decoding, resizing, NMS and the
   same calibration in its graph); the fallback without OpenVINO, and the GPU path. It decodes
   in its graph, so it returns no statistics (callers then ask the feature service).
 """
-
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import io
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
-MANIFEST = "manifest.json"
-IGNORED_DIRS = {"__pycache__", ".ipynb_checkpoints"}
-IGNORED_SUFFIXES = {".pyc"}
 OPENVINO_DIR = "openvino"
 IR_FILES = {"fp32": "model_fp32.xml", "int8": "model_int8.xml"}
 NMS_IOU = 0.6
@@ -41,88 +36,40 @@ PRE_NMS_TOP_K = 300
 MAX_DETECTIONS = 100
 
 
-class IntegrityError(RuntimeError):
-    """A file of the version does not match its manifest: the version must not be served."""
-
-
 class DecodeError(ValueError):
     """The bytes of one request are not an image this runtime can read."""
-
-
-# --------------------------------------------------------------------------- integrity
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def version_files(version_dir: Path) -> dict[str, Path]:
-    out = {}
-    for file in sorted(Path(version_dir).rglob("*")):
-        rel = file.relative_to(version_dir)
-        if file.is_file() and not (set(rel.parts) & IGNORED_DIRS) and file.suffix not in IGNORED_SUFFIXES:
-            out[rel.as_posix()] = file
-    return out
-
-
-def write_manifest(version_dir: Path) -> dict:
-    files = {rel: sha256_file(p) for rel, p in version_files(version_dir).items() if rel != MANIFEST}
-    manifest = {"algorithm": "sha256", "files": files}
-    (Path(version_dir) / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    return manifest
-
-
-def verify_manifest(version_dir: Path, required: Iterable[str] = ()) -> dict:
-    """Raise IntegrityError naming the file unless every listed file (and ``required``) matches."""
-    version_dir = Path(version_dir)
-    path = version_dir / MANIFEST
-    if not path.is_file():
-        raise IntegrityError(f"{version_dir}: no {MANIFEST}; refusing to serve files whose hashes are unknown")
-    try:
-        listed = json.loads(path.read_text())["files"]
-    except (ValueError, KeyError) as e:
-        raise IntegrityError(f"{path}: unreadable manifest ({e})") from None
-    on_disk = version_files(version_dir)
-    for rel in required:
-        if rel not in listed:
-            raise IntegrityError(f"{version_dir}: {rel} is not in {MANIFEST}; refusing an unregistered model file")
-    ir = [r for r in on_disk if r.startswith(OPENVINO_DIR + "/")]
-    for rel in ir:
-        if rel not in listed:
-            raise IntegrityError(f"{version_dir}: {rel} is not in {MANIFEST}; refusing an unregistered OpenVINO IR")
-    for rel, expected in listed.items():
-        if rel not in on_disk:
-            raise IntegrityError(f"{version_dir}: {rel} listed in {MANIFEST} is missing")
-        actual = sha256_file(on_disk[rel])
-        if actual != expected:
-            raise IntegrityError(
-                f"{version_dir}: {rel} is corrupt or does not belong to this version "
-                f"(SHA-256 {actual[:16]}..., manifest says {expected[:16]}...); refusing to serve it"
-            )
-    return listed
 
 
 # --------------------------------------------------------------------------- decode
 
 
+def _sibling(file_name: str) -> ModuleType | None:
+    """The module `file_name` beside this file (a version directory, or training/), imported
+    under a name of its own (versions may differ); None when there is none."""
+    beside = Path(__file__).with_name(file_name)
+    if not beside.exists():
+        return None
+    name = f"car_detector_{beside.stem}_{abs(hash(str(beside.resolve())))}"
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, beside)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+_manifest: ModuleType = _sibling("version_manifest.py")  # type: ignore[assignment]  # copied beside it, always
+IntegrityError, MANIFEST, verify_manifest = _manifest.IntegrityError, _manifest.MANIFEST, _manifest.verify_manifest
+
+
 def _pixel_statistics() -> Callable[[np.ndarray], dict] | None:
     """`pixel_statistics_of_full` of the image_features.py beside this file (a version
     directory), else of the project (training, tests); None for a version exported before it."""
-    beside = Path(__file__).with_name("image_features.py")
-    if beside.exists():
-        name = f"car_detector_image_features_{abs(hash(str(beside.resolve())))}"
-        module = sys.modules.get(name)
-        if module is None:
-            spec = importlib.util.spec_from_file_location(name, beside)
-            assert spec is not None and spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-        return module.pixel_statistics_of_full  # type: ignore[no-any-return]
+    beside = _sibling("image_features.py")
+    if beside is not None:
+        return beside.pixel_statistics_of_full  # type: ignore[no-any-return]
     if Path(__file__).name == "serving_runtime.py":  # the project's own copy (training/)
         from services.common.image_features import pixel_statistics_of_full
 

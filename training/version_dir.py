@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 RUNTIME_FILES: dict[str, Path] = {
     "model.py": REPO_ROOT / "training" / "triton_model.py",
     "detector_runtime.py": REPO_ROOT / "training" / "serving_runtime.py",
+    "version_manifest.py": REPO_ROOT / "training" / "version_manifest.py",
     # The monitoring statistics the runtime computes from its decoded pixels (IMAGE_STATS).
     "image_features.py": REPO_ROOT / "services" / "common" / "image_features.py",
 }
@@ -56,7 +57,7 @@ def write_version_dir(repository: Path, metadata: dict, fill: Callable[[Path, di
     """Write ``<repository>/car_detector/<N>/`` (N: ``version``, else the next free number):
     the runtime files, whatever ``fill(tmp_dir, metadata)`` adds, model_metadata.json (with
     name, version, export time and git commit) and manifest.json. Returns the directory."""
-    from training.serving_runtime import write_manifest
+    from training.version_manifest import write_manifest
 
     model_dir = Path(repository) / MODEL_NAME
     model_dir.mkdir(parents=True, exist_ok=True)
