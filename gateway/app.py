@@ -162,6 +162,17 @@ def _features_of(image: bytes, request_id: str) -> dict | None:
     return answer.json()["features"]
 
 
+def _features_or_none(data: bytes, request_id: str) -> dict | None:
+    """The feature service's features of the upload; None when it is down. Its refusal of
+    the image is final (ImageRefused)."""
+    try:
+        return _features_of(data, request_id)
+    except ImageRefused:
+        raise
+    except ApiError:
+        return None
+
+
 def _monitoring_features(image: CheckedImage, prediction: Any, data: bytes, request_id: str) -> dict | None:
     """The image's monitoring features: the header ones from the gateway's own header check,
     the pixel statistics from the model, which computed them from the pixels it decoded (so
@@ -172,24 +183,10 @@ def _monitoring_features(image: CheckedImage, prediction: Any, data: bytes, requ
         measured = {**header_features(image.width, image.height, image.format, image.mode, image.byte_size),
                     **prediction.image_stats}
         return {name: measured[name] for name in image_features.NAMES if name in measured}
-    try:
-        return _features_of(data, request_id)
-    except ImageRefused:
-        raise
-    except ApiError:
+    found = _features_or_none(data, request_id)
+    if found is None:
         log.warning("features unavailable; serving detections without them", extra={"event.action": "detect"})
-        return None
-
-
-def _refusal_of(data: bytes, request_id: str) -> None:
-    """The model refused the image: the feature service's words for it, when it has them
-    (the same message whichever stage decodes first)."""
-    try:
-        _features_of(data, request_id)
-    except ImageRefused:
-        raise
-    except ApiError:
-        pass
+    return found
 
 
 @app.post("/api/detect")
@@ -213,7 +210,7 @@ def detect() -> tuple[Response, int]:
         prediction = model.predict(image.model_bytes, user_hash, request_id)
     except ApiError as refused:
         if refused.status < 500:
-            _refusal_of(data, request_id)
+            _features_or_none(data, request_id)  # the feature service's words for a bad image, when it has them
         raise
     monitoring = _monitoring_features(image, prediction, data, request_id)
     # One answer, built once: what is stored is the same object, less the image size and

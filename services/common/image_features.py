@@ -3,7 +3,7 @@
 Two kinds: header features (size, format, mode), which the gateway reads from the upload's
 header, and pixel statistics (`pixel_statistics`), computed from decoded pixels. On the
 detection path the model computes the statistics from the pixels it decodes anyway: the
-exporter copies this file into every model version directory (training/export.py), and the
+exporter copies this file into every model version directory (training/version_dir.py), and the
 Triton model returns them as its IMAGE_STATS output, so a detection decodes its image once.
 The feature service computes the same statistics for its direct callers.
 
@@ -116,10 +116,7 @@ def pixel_statistics_of_full(rgb: np.ndarray) -> dict[str, float]:
     """The pixel statistics of a decoded uint8 RGB array at full size (box-filtered down first)."""
     from PIL import Image
 
-    factor = analysis_factor((rgb.shape[1], rgb.shape[0]))
-    if factor > 1:
-        rgb = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).reduce(factor))
-    return pixel_statistics(rgb)
+    return pixel_statistics(np.asarray(analysis_image(Image.fromarray(np.ascontiguousarray(rgb)))))
 
 
 def analysis_image(rgb: Any) -> Any:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from services.common import config, tls
+from services.common.integrity import version_key
 from services.common.resilience import CircuitBreaker, CircuitOpen
 from services.common.service_token import triton_admin_headers
 
@@ -144,7 +145,7 @@ class TritonModel:
     def served_version(self, timeout_s: float = 2.0) -> str:
         """The newest version Triton serves, from the model's metadata."""
         metadata = self.client.get_model_metadata(self.model_name, client_timeout=timeout_s)
-        return max(metadata.versions, key=lambda version: (len(version), version))  # integer strings if metadata.versions else ""
+        return max(metadata.versions, key=int) if metadata.versions else ""
 
     def infer(self, images: Sequence[bytes], request_id: str = "", timeout_s: float | None = None) -> BatchResult:
         """Detections for each encoded image (one request; Triton batches across requests).
@@ -232,4 +233,4 @@ def ready_versions(name: str | None = None, timeout: float = 3.0) -> list[str] |
     name = name or config.TRITON_MODEL_NAME
     return sorted((str(m.get("version")) for m in json.loads(answer[1])
                    if m.get("name") == name and m.get("state") == "READY"),
-                  key=lambda version: (len(version), version))  # integer strings
+                  key=version_key)
