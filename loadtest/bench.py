@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtest import bench_paths
-from loadtest.bench_model import PYTHON_SERVICES, ServiceCpu, TritonCpu, plot
+from loadtest.bench_model import PYTHON_SERVICES, TRITON_SERVICES, ServiceCpu, plot
 from loadtest.bench_paths import BASELINES, baseline, latest_savedmodel, start_baseline
 from loadtest.bench_report import LABELS, PATHS, markdown, verdicts
 from loadtest.bench_stack import (
@@ -185,16 +185,16 @@ def main() -> int:
             for round_ in range(ROUNDS):
                 order = SELECTED if round_ % 2 == 0 else SELECTED[::-1]
                 for name in order:
-                    meter = TritonCpu(stack_processes()) if name == "triton_direct" else None
-                    services = ServiceCpu(stack_processes()) if name == "gateway" else None
-                    for started in (meter, services):
-                        if started:
-                            started.start()
+                    meter = ServiceCpu(stack_processes()) if name in ("triton_direct", "gateway") else None
+                    if meter:
+                        meter.start()
                     run = measure(factories[name], images, concurrency, SECONDS)
                     if meter:
-                        run["triton_cpu_s"] = meter.stop()
-                    if services:
-                        run["service_cpu_s"] = services.stop()
+                        per_service = meter.stop()
+                        if name == "triton_direct":
+                            run["triton_cpu_s"] = sum(per_service.get(s, 0.0) for s in TRITON_SERVICES)
+                        else:
+                            run["service_cpu_s"] = per_service
                     runs[name][concurrency].append(run)
                     log(f"  c={concurrency:<3} round {round_ + 1}  {name:15} "
                         f"{len(run['latencies']) / run['wall_s']:7.2f} images/s  errors {len(run['errors'])}")

@@ -4,10 +4,10 @@
   decode as Triton's model.py (detector_runtime.py of the version: Pillow decode, uint8 batch,
   resize in the IR, numpy NMS), one infer request per client thread on one compiled model
   with as many streams as cores: what this machine can do with no server at all.
-- ``TritonCpu``: CPU seconds (user + system) of the tritonserver process and its python-backend
-  stubs, read around a measurement, divided by the images sent: Triton's CPU per image.
-- ``ServiceCpu``: the same per service of the stack (gateway, feature, results, adapter, the
-  model, ...), for the CPU of one gateway detection (issue 13; loadtest/cpu_per_request.py).
+- ``ServiceCpu``: CPU seconds (user + system) per service of the stack (gateway, feature,
+  results, adapter, Triton and its python-backend stubs, ...) read around a measurement:
+  divided by the images sent, Triton's CPU per image and the CPU of one gateway detection
+  (issue 13; loadtest/cpu_per_request.py).
 - ``plot``: images/s and p95 latency per path and concurrency (PNG beside latest.json).
 """
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pathlib import Path
 import psutil
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TRITON_NAMES = ("tritonserver", "triton_python_backend_stub")
 
 
 def latest_version_dir() -> Path:
@@ -53,47 +52,14 @@ def in_process_openvino() -> Callable[[], Callable[[bytes], None]]:
     return make
 
 
-def triton_processes(candidates: list[psutil.Process]) -> list[psutil.Process]:
-    """The Triton server and its python-backend stubs among the stack's processes (not another stack's)."""
-    found = []
-    for p in candidates:
-        try:
-            text = " ".join([p.name()] + p.cmdline()[:1])
-        except psutil.Error:
-            continue
-        if any(n in text for n in TRITON_NAMES):
-            found.append(p)
-    return found
-
-
-class TritonCpu:
-    """CPU seconds used by the Triton processes between ``start()`` and ``stop()``."""
-
-    def __init__(self, candidates: list[psutil.Process]) -> None:
-        self.procs = triton_processes(candidates)
-        self.before: dict[int, float] = {}
-
-    @staticmethod
-    def _cpu(p: psutil.Process) -> float:
-        try:
-            t = p.cpu_times()
-            return t.user + t.system
-        except psutil.Error:
-            return 0.0
-
-    def start(self) -> None:
-        self.before = {p.pid: self._cpu(p) for p in self.procs}
-
-    def stop(self) -> float:
-        return sum(max(0.0, self._cpu(p) - self.before.get(p.pid, 0.0)) for p in self.procs)
-
-
 # Matched against each process's command line, first match wins (the stubs' command line
 # names the model repository, so they are matched before tritonserver's own binary).
 SERVICES = {"triton_python_backend_stub": "Triton python backend (the model)", "tritonserver": "tritonserver",
             "gateway.app": "gateway", "feature_service": "feature service", "results_service": "results service",
             "model_serving": "gRPC adapter", "supervisord": "supervisord (log relay)", "redis-server": "Redis"}
-# What issue 13 counts as "the Python services" of a detection.
+# Triton's own processes (the server and its python-backend stubs), and what issue 13 counts
+# as "the Python services" of a detection.
+TRITON_SERVICES = ("Triton python backend (the model)", "tritonserver")
 PYTHON_SERVICES = ("gateway", "feature service", "results service", "gRPC adapter")
 
 
