@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -194,13 +195,15 @@ def test_rate_limit_holds_across_gunicorn_workers(stack, tmp_path):
         # Both workers must answer some of them: with one worker, or one doing all the work,
         # per-worker counting would also give exactly 10. The kernel may hand every connection
         # of a round to one worker (a worker still importing the app accepts none), so rounds
-        # of 30 go out until both have answered; the moving window spans all of them.
-        # (the access lines name the route template: the raw user id is never logged)
+        # of 30 go out until both have answered, for at most 40 s, so that the one-minute moving
+        # window spans all of them. (the access lines name the route template: the raw user id is never logged)
         route, answers, served_by = "/api/results/predictions/user/<path:user_id>", [], set()
+        last_round = time.monotonic() + 40
         with ThreadPoolExecutor(12) as pool:
-            while len(served_by) < 2 and len(answers) < 300:
+            while len(served_by) < 2 and len(answers) < 300 and time.monotonic() < last_round:
                 answers += pool.map(one, range(30))
-                served_by = wait_until(lambda: _pids_that_logged(tmp_path / "gateway.log", route, len(answers)), 15) or set()
+                sent = len(answers)
+                served_by = wait_until(lambda sent=sent: _pids_that_logged(tmp_path / "gateway.log", route, sent), 15) or set()
         assert len(served_by) == 2, (served_by, len(answers))
         statuses = [a.status_code for a in answers]
         assert statuses.count(200) == 10 and statuses.count(429) == len(answers) - 10, statuses
