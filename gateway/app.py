@@ -14,13 +14,13 @@ from functools import wraps
 from typing import Any, Callable
 
 from flask import Response, g, jsonify, request
-from flask_limiter import Limiter
 from google.protobuf.json_format import MessageToDict
 from pydantic import ValidationError
 
 from gateway import console
 from gateway.auth import KeyRing, Principal, load_keys
 from gateway.clients import HttpService, ModelServingClient, ResultsService, unavailable
+from gateway.ratelimit import RateLimiter
 from services.common import config, metrics
 from services.common.explain import ExplainError, as_json, explain_image, explanation_slot, parse_grid
 from services.common import image_features
@@ -74,24 +74,26 @@ def _rate_key() -> str:
     return principal.client_id if principal else f"ip:{request.remote_addr}"
 
 
-limiter = Limiter(
-    _rate_key,
-    app=app,
-    default_limits=[config.RATE_LIMIT],
-    storage_uri=config.RATELIMIT_STORAGE_URI,
-    # If Redis goes away, limits keep holding per worker instead of failing requests.
-    in_memory_fallback_enabled=True,
-    # flask-limiter switches to that fallback in the first request thread that sees Redis
-    # fail; a concurrent request failing at the same moment (often while it writes the
-    # X-RateLimit headers of an answer already stored) would raise, turning an acknowledged
-    # detection into a 500 (tests/system/test_hard_faults.py caught it). Those few requests
-    # are let through, and logged, instead.
-    swallow_errors=True,
-    headers_enabled=True,
-    strategy="moving-window",
-)
-limiter.exempt(app.view_functions["health"])
-limiter.exempt(app.view_functions["ready"])
+limiter = RateLimiter(config.RATE_LIMIT, config.RATELIMIT_STORAGE_URI)
+UNLIMITED_ENDPOINTS = frozenset({"health", "ready"})  # probes are never limited
+
+
+@app.before_request
+def _rate_limit() -> None:
+    """After the request id (create_app's hook runs first), before any view or backend call."""
+    if request.endpoint in UNLIMITED_ENDPOINTS:
+        return
+    verdict = limiter.hit(_rate_key())
+    g.rate_limit_headers = verdict.headers()
+    if not verdict.passed:
+        raise ApiError(429, f"rate limit exceeded: {verdict.limit} for this API key; retry after "
+                            f"{verdict.retry_after_s()} s", {"Retry-After": str(verdict.retry_after_s())})
+
+
+@app.after_request
+def _rate_limit_headers(response: Response) -> Response:
+    response.headers.update(g.get("rate_limit_headers", {}))
+    return response
 
 
 def require(*roles: str) -> Callable:

@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from services.common import config, metrics
 from services.common.images import ImageRejected
 from services.common.logs import request_id_var, setup_logging
+from services.common.multipart import ServiceRequest
 from services.common.pseudonym import hash_user_id
 from services.common.service_token import INTERNAL_TOKEN_HEADER, internal_token, token_matches
 
@@ -52,7 +53,7 @@ def json_error(status: int, message: str, headers: dict[str, str] | None = None)
     headers = headers or {}
     response.headers.update(headers)
     if "Retry-After" in headers:
-        g.retry_after = headers["Retry-After"]  # restored in _finish (flask-limiter rewrites it)
+        g.retry_after = headers["Retry-After"]  # restored in _finish, whatever set it since
     return response
 
 
@@ -121,6 +122,7 @@ def create_app(service_name: str, ready_checks: dict[str, Callable[[], None]] | 
     `/ready` probes; each raises when its dependency is unreachable."""
     log = setup_logging(service_name)
     app = Flask(service_name)
+    app.request_class = ServiceRequest
     # Multipart framing adds a little to the image itself.
     app.config["MAX_CONTENT_LENGTH"] = config.MAX_UPLOAD_BYTES + 64 * 1024
     assert isinstance(app.json, DefaultJSONProvider)  # Flask's own, never replaced here
@@ -146,8 +148,8 @@ def create_app(service_name: str, ready_checks: dict[str, Callable[[], None]] | 
     @app.after_request
     def _finish(response: Response) -> Response:
         response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
-        # flask-limiter (gateway) sets Retry-After on every answer from its window; a 503's
-        # own value (e.g. what is left of an open circuit) wins, and a success carries none.
+        # A 429's or 503's own Retry-After (e.g. what is left of an open circuit) wins, and a
+        # success carries none (not even one relayed from a backend).
         if g.get("retry_after"):
             response.headers["Retry-After"] = g.retry_after
         elif response.status_code not in (429, 503):

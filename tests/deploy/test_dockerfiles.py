@@ -21,7 +21,7 @@ from tests.deploy.deploy_files import (
 # Import name -> distribution that provides it (as named in requirements.in).
 IMPORT_TO_DIST = {
     "PIL": "pillow", "numpy": "numpy", "flask": "flask", "werkzeug": "flask", "gunicorn": "gunicorn",
-    "flask_limiter": "flask-limiter", "limits": "flask-limiter", "redis": "flask-limiter",
+    "limits": "limits", "redis": "redis", "python_multipart": "python-multipart",
     "requests": "requests", "grpc": "grpcio", "grpc_health": "grpcio-health-checking",
     "google": "protobuf", "tritonclient": "tritonclient", "sqlalchemy": "sqlalchemy",
     "psycopg2": "psycopg2-binary", "ecs_logging": "ecs-logging",

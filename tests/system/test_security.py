@@ -244,7 +244,7 @@ def test_rate_limits_survive_redis_being_down(tmp_path):
         statuses = [requests.get(f"{url}/api/results/predictions/bad%20id", headers=headers("dpo"), timeout=10).status_code
                     for _ in range(8)]
         assert statuses == [400] * 5 + [429] * 3, statuses
-        assert "falling back to in-memory storage" in (tmp_path / "gateway.log").read_text()
+        assert "rate-limit storage unavailable" in (tmp_path / "gateway.log").read_text()
     finally:
         stop(process)
 
