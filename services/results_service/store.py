@@ -39,6 +39,9 @@ predictions = sa.Table(
     sa.UniqueConstraint("client_id", "request_id", name="uq_predictions_client_request"),
 )
 
+_INSERT_PREDICTION = predictions.insert()
+_PREDICTION_COLUMNS = frozenset(predictions.columns.keys())
+
 # Journal of who touched personal data; it holds hashes, never a raw user id.
 audit_events = sa.Table(
     "audit_events",
@@ -146,9 +149,14 @@ class ResultsStore:
     def add(self, record: dict[str, Any]) -> None:
         record = {**record, "created_at": record.get("created_at") or datetime.now(timezone.utc),
                   "key_id": record.get("key_id") or pseudonym.key_id()}
+        unknown = record.keys() - _PREDICTION_COLUMNS
+        if unknown:  # the executed statement would drop them silently
+            raise ValueError(f"no column for {sorted(unknown)}")
         try:
             with self.engine.begin() as connection:
-                connection.execute(predictions.insert().values(**record))
+                # One statement for every insert: SQLAlchemy compiles it once (values(**record) would
+                # build and cache-key a new statement per request).
+                connection.execute(_INSERT_PREDICTION, record)
         except IntegrityError:
             raise DuplicateRequest(record["request_id"]) from None
 
