@@ -27,7 +27,7 @@ from services.common.config import REPO_ROOT
 from loadtest import bench, bench_paths, bench_stack  # noqa: E402
 from loadtest.bench_model import PYTHON_SERVICES, ServiceCpu  # noqa: E402
 from loadtest.triton_variants import variant_repository  # noqa: E402
-from tests.conftest import free_port, gunicorn_command, wait_until  # noqa: E402
+from scripts.processes import free_port, gunicorn_command, wait_until  # noqa: E402
 
 TRITON_VARIANTS = {"1 instance x 2 threads": (1, 2), "2 instances x 1 thread": (2, 1)}
 EXTRA_GATEWAY_WORKERS = 4

@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ import requests
 from services.common import config
 from services.common.config import REPO_ROOT
 from tests.servers import Postgres, Redis
-from tests.servers import free_port as free_port
+from scripts.processes import free_port as free_port, gunicorn_command as gunicorn_command, wait_until as wait_until
 
 DATA_DIR = Path(config.DATA_DIR)
 TEST_VAR = REPO_ROOT / "var" / "test-stack"
@@ -182,26 +181,6 @@ class _TokenMetadata(grpc.UnaryUnaryClientInterceptor):
 def adapter_channel(address: str, **options: Any) -> grpc.Channel:
     """A channel to the gRPC adapter that presents the service token on every call."""
     return grpc.intercept_channel(grpc.insecure_channel(address, **options), _TokenMetadata())
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 15.0, interval: float = 0.2) -> Any:
-    """Poll `condition` until it returns something truthy (returned) or `timeout` seconds
-    pass (False). A condition that raises, e.g. on a refused connection, counts as not yet."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = condition()
-        except Exception:
-            result = False
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(interval)
-
-
-def gunicorn_command(app: str, port: int) -> list[str]:
-    """How the stack runs an HTTP service, for an extra instance a test starts itself."""
-    return [str(REPO_ROOT / ".venv" / "bin" / "gunicorn"), "-c", "services/common/gunicorn_conf.py",
-            "-b", f"127.0.0.1:{port}", app]
 
 
 @pytest.fixture(scope="module")

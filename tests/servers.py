@@ -21,12 +21,7 @@ from urllib.parse import urlsplit
 
 import psycopg2
 
-
-def free_port() -> int:
-    """A port nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from scripts.processes import free_port
 
 
 def _answers(host: str, port: int) -> bool:
