@@ -88,7 +88,8 @@ class RateLimiter:
             raise SystemExit(f"configuration error: RATE_LIMIT {spec!r} names no limit")
         self._redis: redis.Redis | None = None
         self._script = None
-        self._redis_down_until = 0.0
+        self._outage = False
+        self._retry_redis_at = 0.0
         if storage_uri.startswith(("redis://", "rediss://", "unix://")):
             self._redis = redis.Redis.from_url(storage_uri, socket_timeout=1.0, socket_connect_timeout=1.0)
             self._script = self._redis.register_script(_MOVING_WINDOWS)
@@ -98,19 +99,27 @@ class RateLimiter:
 
     def hit(self, key: str) -> Verdict:
         """Count one request for `key` if it fits every limit; say whether it did."""
-        if self._script is not None and time.monotonic() >= self._redis_down_until:
+        if self._script is not None and time.monotonic() >= self._retry_redis_at:
             try:
-                return self._hit_redis(key)
+                verdict = self._hit_redis(key)
             except redis.RedisError as error:
-                if self._redis_down_until == 0.0 or time.monotonic() - self._redis_down_until > 60:
+                if not self._outage:  # once per outage
+                    self._outage = True
                     log.warning("rate-limit storage unavailable (%s); limiting per worker in memory", error,
                                 extra={"event.action": "rate-limit", "event.outcome": "failure"})
-                self._redis_down_until = time.monotonic() + REDIS_RETRY_S
+                self._retry_redis_at = time.monotonic() + REDIS_RETRY_S
+            else:
+                if self._outage:
+                    self._outage = False
+                    log.info("rate-limit storage is back; limits are shared again",
+                             extra={"event.action": "rate-limit", "event.outcome": "success"})
+                return verdict
         return self._hit_library(key)
 
     def _hit_redis(self, key: str) -> Verdict:
         now_ms = int(time.time() * 1000)
-        keys = [f"{KEY_PREFIX}:{key}:{item.amount}/{item.get_expiry()}" for item in self.items]
+        # {key}: a Redis Cluster hash tag, so that one script's keys share a slot.
+        keys = [f"{KEY_PREFIX}:{{{key}}}:{item.amount}/{item.get_expiry()}" for item in self.items]
         args = [now_ms]
         for item in self.items:
             args += [item.amount, item.get_expiry() * 1000]

@@ -3,12 +3,14 @@ windows as the `limits` library's (the memory:// storage and the fallback), shar
 limiters (workers), and falls back to memory when Redis is unreachable."""
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 
 import pytest
 import redis
 
+from gateway import ratelimit
 from gateway.ratelimit import RateLimiter
 from tests.conftest import free_port
 
@@ -53,7 +55,20 @@ def test_workers_share_one_window_through_redis(redis_url: str) -> None:
     assert first.hit("another key").passed  # per key
 
 
-def test_unreachable_redis_limits_in_memory(caplog: pytest.LogCaptureFixture) -> None:
+def test_unreachable_redis_limits_in_memory_and_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
     limiter = RateLimiter("2 per minute", f"redis://127.0.0.1:{free_port()}/0")
     assert [limiter.hit("k").passed for _ in range(4)] == [True, True, False, False]
-    assert "rate-limit storage unavailable" in caplog.text
+    time.sleep(ratelimit.REDIS_RETRY_S + 0.1)  # Redis is tried again, and still refuses
+    assert not limiter.hit("k").passed
+    assert caplog.text.count("rate-limit storage unavailable") == 1
+
+
+def test_redis_coming_back_shares_limits_again(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.ratelimit")
+    limiter, other_worker = RateLimiter("3 per minute", redis_url), RateLimiter("3 per minute", redis_url)
+    limiter._retry_redis_at, limiter._outage = time.monotonic() + ratelimit.REDIS_RETRY_S, True  # as after a failure
+    assert limiter.hit("back").passed  # counted in memory only
+    time.sleep(ratelimit.REDIS_RETRY_S + 0.1)
+    assert [limiter.hit("back").passed, other_worker.hit("back").passed, other_worker.hit("back").passed,
+            limiter.hit("back").passed] == [True, True, True, False]
+    assert "rate-limit storage is back" in caplog.text
