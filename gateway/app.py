@@ -83,7 +83,7 @@ def _rate_limit() -> None:
     """After the request id (create_app's hook runs first), before any view or backend call."""
     if request.endpoint in UNLIMITED_ENDPOINTS:
         return
-    verdict = limiter.hit(_rate_key())
+    verdict = limiter.hit(f"{_rate_key()}:{request.endpoint or 'unmatched'}")  # per key and route
     g.rate_limit_headers = verdict.headers()
     if not verdict.passed:
         raise ApiError(429, f"rate limit exceeded: {verdict.limit} for this API key; retry after "

@@ -1,4 +1,4 @@
-"""The gateway's rate limits: moving windows per API key, shared by every worker through Redis.
+"""The gateway's rate limits: moving windows per API key and route, shared by every worker through Redis.
 
 `RATE_LIMIT` uses the `limits` library's syntax ("50 per second;2000 per minute"); a request
 passes only if it fits every limit, and only a request that passes is counted. With a redis://

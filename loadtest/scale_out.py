@@ -29,7 +29,8 @@ from loadtest.bench_model import PYTHON_SERVICES, ServiceCpu  # noqa: E402
 from loadtest.triton_variants import variant_repository  # noqa: E402
 from scripts.processes import free_port, gunicorn_command, wait_until  # noqa: E402
 
-TRITON_VARIANTS = {"1 instance x 2 threads": (1, 2), "2 instances x 1 thread": (2, 1)}
+# instances, OpenVINO threads per instance, streams sharing them
+TRITON_VARIANTS = {"1 instance x 2 threads": (1, 2, 1), "2 instances x 1 thread": (2, 1, 1)}
 EXTRA_GATEWAY_WORKERS = 4
 
 
@@ -76,8 +77,9 @@ def main() -> int:
     images = bench.frames(16)
     root = Path(env["VAR_DIR"]) / "scale-out"
     rows = []
-    for label, (instances, threads) in TRITON_VARIANTS.items():
-        variant_env = {**env, "MODEL_REPOSITORY": str(variant_repository(f"{instances}x{threads}", instances, threads, root))}
+    for label, (instances, threads, streams) in TRITON_VARIANTS.items():
+        repository = variant_repository(f"{instances}x{threads}x{streams}", instances, threads, root, streams)
+        variant_env = {**env, "MODEL_REPOSITORY": str(repository)}
         stack("up", variant_env)
         port = free_port()
         extra_env = {**variant_env, "GUNICORN_WORKERS": str(EXTRA_GATEWAY_WORKERS), "GATEWAY_PORT": str(port)}

@@ -1,10 +1,11 @@
-"""Triton configurations side by side: instance count and inference threads per instance.
+"""Triton configurations side by side: instance count, inference threads and OpenVINO streams.
 
-    make triton-variants [VARIANTS="2x2 1x2 2x1"]    (python loadtest/triton_variants.py 2x2 1x2 ...)
+    make triton-variants [VARIANTS="2x2 1x2 2x1"]    (python loadtest/triton_variants.py 2x2 1x2x1 ...)
 
-Each variant NxT (N instances, T threads each: OpenVINO's, or TensorFlow's intra-op) gets its own Triton process on its
-own ports, serving the same model version from a copy of config.pbtxt that differs only
-in those two numbers (per-batch logging off in all). Triton direct over gRPC is then
+Each variant NxT or NxTxS (N instances, T threads each: OpenVINO's, or TensorFlow's intra-op,
+shared out between S OpenVINO streams: by default the shipped number, at most T) gets its own
+Triton process on its own ports, serving the same model version from a copy of config.pbtxt
+that differs only in those numbers (per-batch logging off in all). Triton direct over gRPC is then
 measured at concurrency 1, 4 and 16 (BENCH_CONCURRENCY), interleaved round by round
 (BENCH_ROUNDS x BENCH_SECONDS, as loadtest/bench.py), and the resident memory of each
 variant's stub processes is reported after the load. Prints a Markdown table; writes
@@ -31,8 +32,14 @@ MODEL_DIR = REPO_ROOT / "model_repository" / "car_detector"
 BASE_PORT = config.VARIANTS_BASE_PORT
 
 
-def variant_repository(name: str, count: int, intra: int, root: Path) -> Path:
-    """A model repository whose config differs from the shipped one in count and threads only."""
+def shipped_streams() -> int:
+    found = re.search(r'key: "OPENVINO_STREAMS" value: \{ string_value: "(\d+)"', (MODEL_DIR / "config.pbtxt").read_text())
+    return int(found[1]) if found else 1
+
+
+def variant_repository(name: str, count: int, intra: int, root: Path, streams: int | None = None) -> Path:
+    """A model repository whose config differs from the shipped one in count, threads and streams
+    only (streams: the shipped number, at most `intra`, unless given)."""
     model = root / name / "car_detector"
     if model.parent.exists():
         shutil.rmtree(model.parent)
@@ -41,6 +48,8 @@ def variant_repository(name: str, count: int, intra: int, root: Path) -> Path:
     config = re.sub(r"count: \d+", f"count: {count}", config, count=1)
     for threads in ("TF_INTRA_OP_THREADS", "OPENVINO_THREADS"):  # whichever backend serves the version
         config = re.sub(rf'(key: "{threads}" value: \{{ string_value: )"\d+"', rf'\1"{intra}"', config)
+    streams = min(shipped_streams(), intra) if streams is None else streams
+    config = re.sub(r'(key: "OPENVINO_STREAMS" value: \{ string_value: )"\d+"', rf'\1"{streams}"', config)
     config = re.sub(r'(key: "LOG_BATCHES" value: \{ string_value: )"\w+"', r'\1"false"', config)
     (model / "config.pbtxt").write_text(config)
     for entry in MODEL_DIR.iterdir():
@@ -67,14 +76,16 @@ def stub_rss_mb(process: subprocess.Popen) -> float:
     return round(total / 2**20, 1)
 
 
-def parse_variants(specs: list[str]) -> list[tuple[str, int, int]]:
-    """`NxT` words -> (name, instances, threads); a malformed word stops the run, saying why."""
+def parse_variants(specs: list[str]) -> list[tuple[str, int, int, int | None]]:
+    """`NxT` or `NxTxS` words -> (name, instances, threads, streams or None); a malformed word
+    stops the run, saying why."""
     variants = []
     for spec in specs or ["2x2", "1x2", "2x1"]:
-        match = re.fullmatch(r"([1-9]\d*)x([1-9]\d*)", spec)
+        match = re.fullmatch(r"([1-9]\d*)x([1-9]\d*)(?:x([1-9]\d*))?", spec)
         if not match:
-            sys.exit(f"variant {spec!r}: expected NxT, e.g. 2x2 (N instances, T intra-op threads each)")
-        variants.append((spec, int(match[1]), int(match[2])))
+            sys.exit(f"variant {spec!r}: expected NxT or NxTxS, e.g. 2x2 or 1x2x2 (N instances, T threads each, "
+                     f"S OpenVINO streams)")
+        variants.append((spec, int(match[1]), int(match[2]), int(match[3]) if match[3] else None))
     return variants
 
 
@@ -87,17 +98,17 @@ def main(argv: list[str]) -> int:
     load_before = [round(x, 2) for x in os.getloadavg()]
     try:
         factories = {}
-        for index, (name, count, intra) in enumerate(variants):
+        for index, (name, count, intra, streams) in enumerate(variants):
             port = BASE_PORT + 10 * index
-            processes[name] = start(variant_repository(name, count, intra, root), port)
-        for index, (name, _, _) in enumerate(variants):
+            processes[name] = start(variant_repository(name, count, intra, root, streams), port)
+        for index, (name, *_) in enumerate(variants):
             port = BASE_PORT + 10 * index
             bench_paths.wait_answering(processes[name], f"http://127.0.0.1:{port}/v2/models/car_detector/ready",
                                        f"Triton {name}", timeout_s=300)
             bench_stack.ENV["TRITON_GRPC_PORT"] = str(port + 1)
             factories[name] = bench_paths.triton_direct()  # the client binds its port now
-        runs: dict[str, dict[int, list]] = {name: {c: [] for c in bench.CONCURRENCY} for name, _, _ in variants}
-        names = [name for name, _, _ in variants]
+        runs: dict[str, dict[int, list]] = {name: {c: [] for c in bench.CONCURRENCY} for name, *_ in variants}
+        names = [name for name, *_ in variants]
         for concurrency in bench.CONCURRENCY:
             for round_ in range(bench.ROUNDS):
                 for name in names if round_ % 2 == 0 else names[::-1]:
@@ -105,8 +116,10 @@ def main(argv: list[str]) -> int:
                     runs[name][concurrency].append(run)
                     bench_stack.log(f"  c={concurrency:<3} round {round_ + 1}  {name:5} "
                                     f"{len(run['latencies']) / run['wall_s']:7.2f} images/s  errors {len(run['errors'])}")
-        for name, count, intra in variants:
-            results[name] = {"instances": count, "intra_op_threads": intra, "stub_rss_mb": stub_rss_mb(processes[name]),
+        for name, count, intra, streams in variants:
+            results[name] = {"instances": count, "intra_op_threads": intra,
+                             "openvino_streams": min(shipped_streams(), intra) if streams is None else streams,
+                             "stub_rss_mb": stub_rss_mb(processes[name]),
                              "rows": [bench.summarise(runs[name][c], c) for c in bench.CONCURRENCY]}
     finally:
         for process in processes.values():
@@ -121,7 +134,7 @@ def main(argv: list[str]) -> int:
               "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
               "rounds": bench.ROUNDS, "seconds": bench.SECONDS, "variants": results}
     header = " | ".join(f"c={c} images/s (p95 ms)" for c in bench.CONCURRENCY)
-    print(f"| instances x intra-op threads | {header} | stub RSS MB |")
+    print(f"| instances x threads (x streams) | {header} | stub RSS MB |")
     print("|---|" + "---:|" * (len(bench.CONCURRENCY) + 1))
     for name, result in results.items():
         cells = " | ".join(f"{row['images_per_s']} ({row['p95_ms']})" for row in result["rows"])

@@ -77,7 +77,8 @@ class Settings(SettingsBase):
     BREAKER_RESET_S = Var(5.0, "seconds an open breaker refuses calls before one trial", _LIMITS)
     HEALTH_PROBE_INTERVAL_S = Var(2.0, "how often the adapter probes Triton for its gRPC health status", _LIMITS)
     GRPC_WORKERS = Var(16, "threads of the adapter's gRPC server", _LIMITS)
-    RATE_LIMIT = Var("50 per second;2000 per minute", "per-key rate limits of the gateway (moving windows; syntax of the limits library)", _LIMITS)
+    RATE_LIMIT = Var("50 per second;2000 per minute", "rate limits of the gateway per API key and route (moving windows; "
+                     "syntax of the limits library)", _LIMITS)
     RATELIMIT_STORAGE_URI = Var("memory://", "where rate-limit counters live (redis://... to share them); the local "
                                 "stack: its own password-protected Redis unless set", _LIMITS)
     REDIS_PORT = Var(6380, "port of the local stack's own Redis (scripts/stack.py, loopback, requirepass)", _LIMITS)

@@ -15,21 +15,24 @@ from services.common.config import REPO_ROOT
 SHIPPED = triton_variants.MODEL_DIR
 
 
-def test_variant_words_are_instances_x_threads():
-    assert triton_variants.parse_variants(["2x1", "1x2"]) == [("2x1", 2, 1), ("1x2", 1, 2)]
-    assert [name for name, _, _ in triton_variants.parse_variants([])] == ["2x2", "1x2", "2x1"]
-    for bad in ("2x", "0x1", "two"):
+def test_variant_words_are_instances_x_threads_x_streams():
+    assert triton_variants.parse_variants(["2x1", "1x2", "1x2x1"]) == [
+        ("2x1", 2, 1, None), ("1x2", 1, 2, None), ("1x2x1", 1, 2, 1)]
+    assert [name for name, *_ in triton_variants.parse_variants([])] == ["2x2", "1x2", "2x1"]
+    for bad in ("2x", "0x1", "two", "1x2x0"):
         with pytest.raises(SystemExit, match="expected NxT"):
             triton_variants.parse_variants([bad])
 
 
-def test_a_variant_repository_differs_from_the_shipped_one_in_instances_and_threads_only(tmp_path):
+def test_a_variant_repository_differs_from_the_shipped_one_in_instances_threads_and_streams_only(tmp_path):
     repository = triton_variants.variant_repository("3x1", 3, 1, tmp_path)
     model = repository / "car_detector"
     shipped, variant = (SHIPPED / "config.pbtxt").read_text().splitlines(), (model / "config.pbtxt").read_text().splitlines()
     changed = {(a.strip(), b.strip()) for a, b in zip(shipped, variant) if a != b}
     assert len(shipped) == len(variant) and ("count: 1", "count: 3") in changed
+    # streams: the shipped number, at most the threads
     assert {b for _, b in changed} <= {"count: 3", 'parameters: { key: "OPENVINO_THREADS" value: { string_value: "1" } }',
+                                       'parameters: { key: "OPENVINO_STREAMS" value: { string_value: "1" } }',
                                        'parameters: { key: "TF_INTRA_OP_THREADS" value: { string_value: "1" } }',
                                        'parameters: { key: "LOG_BATCHES" value: { string_value: "false" } }'}
     # Every version is the shipped one itself (a link), not a copy that could drift.
