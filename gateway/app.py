@@ -86,7 +86,7 @@ def _rate_limit() -> None:
     verdict = limiter.hit(f"{_rate_key()}:{request.endpoint or 'unmatched'}")  # per key and route
     g.rate_limit_headers = verdict.headers()
     if not verdict.passed:
-        raise ApiError(429, f"rate limit exceeded: {verdict.limit} for this API key; retry after "
+        raise ApiError(429, f"rate limit exceeded: {verdict.limit} for this key on this route; retry after "
                             f"{verdict.retry_after_s()} s", {"Retry-After": str(verdict.retry_after_s())})
 
 

@@ -275,9 +275,9 @@ class Delivery:
 
 @dataclass
 class RetryingLoad(_Clients):
-    """N clients sending detects in a loop; after an ambiguous failure each retries the
-    *same* request id (as docs/reliability.md tells clients to) until it gets 201, or 409
-    (an earlier attempt stored it), or `give_up_s` passes. A delivery under way when the
+    """N clients sending detects in a loop; after an ambiguous failure, or a 429 (after its
+    Retry-After), each retries the *same* request id (as docs/reliability.md tells clients to)
+    until it gets 201, or 409 (an earlier attempt stored it), or `give_up_s` passes. A delivery under way when the
     load is stopped is finished, so every request id ends known."""
     give_up_s: float = 120.0
     prefix: str = field(default_factory=lambda: f"hard-{uuid.uuid4().hex[:8]}")
@@ -298,7 +298,7 @@ class RetryingLoad(_Clients):
                 self.deliveries.append(delivery)
             deadline = time.monotonic() + self.give_up_s
             while time.monotonic() < deadline:
-                started = time.perf_counter()
+                started, pause = time.perf_counter(), 0.3
                 try:
                     answer = self._send(delivery.request_id, session)
                     status: int | str = answer.status_code
@@ -307,14 +307,16 @@ class RetryingLoad(_Clients):
                         status = AMBIGUOUS
                     elif status == 201:
                         delivery.answer = answer.json()
+                    elif status == 429:  # refused before any work: the same id again, after the wait it names
+                        pause = float(answer.headers.get("Retry-After", "1"))
                 except requests.RequestException:
                     status, session = AMBIGUOUS, self._session()
                 except AssertionError as error:
                     status = f"bad 5xx: {error}"
                 delivery.attempts.append(Outcome(delivery.request_id, status, time.perf_counter() - started))
-                if status != AMBIGUOUS:
+                if status not in (AMBIGUOUS, 429):
                     break
-                time.sleep(0.3)
+                time.sleep(pause)
 
     def _join_timeout_s(self) -> float:
         return self.give_up_s + 60  # a delivery under way is finished, retries included
