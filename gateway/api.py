@@ -11,7 +11,7 @@ DESCRIPTION = """\
 The single public entry of the car-detection system (port 8080).
 Every call but `/health`, `/ready` and this document needs an API key in the
 `X-API-Key` header (401 without or with an unknown key, 403 for a wrong role;
-roles: client, dpo, admin). Rate-limited per key: 429 with Retry-After.
+roles: client, dpo, admin). Rate-limited per key and route: 429 with Retry-After.
 Errors are JSON `{"error": "...", "request_id": "..."}`: 4xx for anything the
 caller sent wrong, 503 with Retry-After when a dependency is down.
 Every answer carries X-Request-ID (an incoming valid one is honoured).
