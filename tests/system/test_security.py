@@ -210,6 +210,10 @@ def test_rate_limit_holds_across_gunicorn_workers(stack, tmp_path):
         limited = next(a for a in answers if a.status_code == 429)
         assert int(limited.headers["Retry-After"]) >= 0
         assert_clean_error(limited, 429)
+        assert limited.headers["X-RateLimit-Limit"] == "10" and limited.headers["X-RateLimit-Remaining"] == "0"
+        # the windows are per key and route: the same key still reads a prediction (404: none by that id)
+        other = requests.get(f"{url}/api/results/predictions/no-such-request", headers=headers("dpo"), timeout=30)
+        assert other.status_code == 404 and other.headers["X-RateLimit-Remaining"] == "9", other.headers
         # liveness is never limited
         assert all(requests.get(f"{url}/health", timeout=5).status_code == 200 for _ in range(5))
     finally:
