@@ -86,8 +86,9 @@ def _rate_limit() -> None:
     verdict = limiter.hit(f"{_rate_key()}:{request.endpoint or 'unmatched'}")  # per key and route
     g.rate_limit_headers = verdict.headers()
     if not verdict.passed:
+        wait_s = verdict.retry_after_s()  # once: the message and the header name the same wait
         raise ApiError(429, f"rate limit exceeded: {verdict.limit} for this key on this route; retry after "
-                            f"{verdict.retry_after_s()} s", {"Retry-After": str(verdict.retry_after_s())})
+                            f"{wait_s} s", {"Retry-After": str(wait_s)})
 
 
 @app.after_request

@@ -86,13 +86,12 @@ class RateLimiter:
         self.items = limits.parse_many(spec)
         if not self.items:
             raise SystemExit(f"configuration error: RATE_LIMIT {spec!r} names no limit")
-        self._redis: redis.Redis | None = None
         self._script = None
         self._outage = False
         self._retry_redis_at = 0.0
         if storage_uri.startswith(("redis://", "rediss://", "unix://")):
-            self._redis = redis.Redis.from_url(storage_uri, socket_timeout=1.0, socket_connect_timeout=1.0)
-            self._script = self._redis.register_script(_MOVING_WINDOWS)
+            client = redis.Redis.from_url(storage_uri, socket_timeout=1.0, socket_connect_timeout=1.0)
+            self._script = client.register_script(_MOVING_WINDOWS)
             self._library = MovingWindowRateLimiter(MemoryStorage())  # the fallback while Redis is down
         else:
             self._library = MovingWindowRateLimiter(storage_from_string(storage_uri))

@@ -32,9 +32,12 @@ MODEL_DIR = REPO_ROOT / "model_repository" / "car_detector"
 BASE_PORT = config.VARIANTS_BASE_PORT
 
 
-def shipped_streams() -> int:
+def streams_for(intra: int, streams: int | None) -> int:
+    """`streams`, or by default the shipped config's number, at most `intra` (a stream needs a thread)."""
+    if streams is not None:
+        return streams
     found = re.search(r'key: "OPENVINO_STREAMS" value: \{ string_value: "(\d+)"', (MODEL_DIR / "config.pbtxt").read_text())
-    return int(found[1]) if found else 1
+    return min(int(found[1]) if found else 1, intra)
 
 
 def variant_repository(name: str, count: int, intra: int, root: Path, streams: int | None = None) -> Path:
@@ -48,8 +51,8 @@ def variant_repository(name: str, count: int, intra: int, root: Path, streams: i
     config = re.sub(r"count: \d+", f"count: {count}", config, count=1)
     for threads in ("TF_INTRA_OP_THREADS", "OPENVINO_THREADS"):  # whichever backend serves the version
         config = re.sub(rf'(key: "{threads}" value: \{{ string_value: )"\d+"', rf'\1"{intra}"', config)
-    streams = min(shipped_streams(), intra) if streams is None else streams
-    config = re.sub(r'(key: "OPENVINO_STREAMS" value: \{ string_value: )"\d+"', rf'\1"{streams}"', config)
+    config = re.sub(r'(key: "OPENVINO_STREAMS" value: \{ string_value: )"\d+"', rf'\1"{streams_for(intra, streams)}"',
+                    config)
     config = re.sub(r'(key: "LOG_BATCHES" value: \{ string_value: )"\w+"', r'\1"false"', config)
     (model / "config.pbtxt").write_text(config)
     for entry in MODEL_DIR.iterdir():
@@ -118,7 +121,7 @@ def main(argv: list[str]) -> int:
                                     f"{len(run['latencies']) / run['wall_s']:7.2f} images/s  errors {len(run['errors'])}")
         for name, count, intra, streams in variants:
             results[name] = {"instances": count, "intra_op_threads": intra,
-                             "openvino_streams": min(shipped_streams(), intra) if streams is None else streams,
+                             "openvino_streams": streams_for(intra, streams),
                              "stub_rss_mb": stub_rss_mb(processes[name]),
                              "rows": [bench.summarise(runs[name][c], c) for c in bench.CONCURRENCY]}
     finally:

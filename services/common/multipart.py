@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import IO, TYPE_CHECKING, Any
 
+from flask import Request
 from python_multipart import MultipartParser
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartState
@@ -24,7 +25,6 @@ from werkzeug.http import parse_options_header
 
 if TYPE_CHECKING:  # defined for type checkers only
     from python_multipart.multipart import MultipartCallbacks
-from flask import Request
 
 CHUNK_BYTES = 64 * 1024
 # python-multipart warns on each malformed body; that is the client's error, answered with a 400
