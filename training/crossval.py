@@ -12,7 +12,9 @@ detections; the score calibration (training.calibration) is fitted on them too.
 
 Writes ``crossval.json`` (the figures, the calibration and every out-of-fold detection),
 ``crossval.md``, ``ap_per_block.png`` and ``reliability.png``; each finished fold is kept
-in ``fold_<i>.json`` so ``--resume`` continues an interrupted run.
+in ``fold_<i>.json`` so ``--resume`` continues an interrupted run, with its network's weights
+in ``fold_<i>.weights.h5`` so decoding and test-time variants can be scored out of fold later
+without training again (docs/experiments/decode_variants.py).
 """
 
 from __future__ import annotations
@@ -196,6 +198,7 @@ def run(args: argparse.Namespace) -> dict:
         else:
             trainer.reset()
         info = trainer.fit(cache, train_rows, label=f"[fold {b + 1}/{args.k}] ")
+        trainer.model.save_weights(str(out / f"fold_{b}.weights.h5"))
         preds = predict_files(trainer.detector, [samples[i].path for i in held_idx])
         fold = {
             "block": b,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.unit.training_fixtures import make_kaggle
@@ -53,3 +54,16 @@ def test_crossval_command_on_a_tiny_configuration(tmp_path: Path) -> None:
     assert (out / "crossval.md").read_text().startswith("# Cross-validation (3 contiguous blocks")
     assert (out / "ap_per_block.png").stat().st_size > 1000 and (out / "reliability.png").stat().st_size > 1000
     assert len(summary["out_of_fold"]) == 3
+    # Each fold's network is kept and is the one that made its out-of-fold detections.
+    from training.export import Detector
+    from training.fit import predict_files
+    from training.model import build_model
+
+    fold = json.loads((out / "fold_1.json").read_text())
+    model = build_model((64, 64), 1, None, any_size=True)
+    model.load_weights(str(out / "fold_1.weights.h5"))
+    samples = sorted(load_dataset(str(data), "auto").samples, key=lambda s: s.sort_key)
+    again = predict_files(Detector(model, (64, 64), ["car"]), [samples[i].path for i in fold["held_out"]])
+    assert any(d["scores"] for d in fold["detections"])
+    for was, now in zip(fold["detections"], again):
+        np.testing.assert_allclose(np.asarray(now["scores"]).round(5), was["scores"], atol=2e-5)

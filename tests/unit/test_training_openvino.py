@@ -184,3 +184,23 @@ def test_auto_serves_int8_then_bf16_where_the_cpu_has_it_then_fp32() -> None:
     assert rt.served_precision({}) == "fp32"
     with pytest.raises(ValueError, match="unknown OpenVINO precision"):
         rt.OpenVinoDetector(_version_with_ir(), "fp16")
+
+
+def test_batch_decoded_in_parallel_keeps_each_file_in_place(frames: list[bytes]) -> None:
+    """The checkout's runtime (training/serving_runtime.py, copied into the next version):
+    with two threads a batch is decoded in parallel, and every file still gets its own result,
+    an undecodable one its own error, exactly as one thread gives them."""
+    from training import serving_runtime as rt
+
+    vdir = _version_with_ir()
+    batch = [frames[0], b"not an image", frames[1], frames[2]]
+    parallel = rt.OpenVinoDetector(vdir, "fp32", threads=2)
+    assert parallel._pool is not None
+    serial = rt.OpenVinoDetector(vdir, "fp32", threads=1)
+    for one, two in zip(serial.detect(batch), parallel.detect(batch)):
+        if isinstance(one, Exception):
+            assert isinstance(two, rt.DecodeError) and str(two).split(" <")[0] == str(one).split(" <")[0]
+            continue
+        np.testing.assert_allclose(two["boxes"], one["boxes"], atol=0.5)
+        np.testing.assert_allclose(two["scores"], one["scores"], atol=1e-3)
+        assert two["image_stats"] == one["image_stats"] and two["image_stats"]["brightness"] > 0
