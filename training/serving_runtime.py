@@ -6,12 +6,11 @@ model.py, the bench and the tests all run the same code on the same files.
 - ``verify_manifest`` (``version_manifest.py`` beside this file): every file of the version
   must match the SHA-256 in its manifest.json (written last by the exporter, registered with
   the rest); a corrupt, swapped or unlisted OpenVINO IR is refused before it is compiled.
-- ``OpenVinoDetector``: Pillow decode (EXIF orientation applied), uint8 batch into the IR,
-  which resizes in its graph (the same bilinear resize as the SavedModel), runs the network,
-  picks heat-map peaks and turns distances into boxes; top-k, per-class NMS and the score
-  calibration run here in numpy on at most 300 candidates per image. No TensorFlow import.
-  From the same pixels it computes the image's monitoring statistics (``image_features.py``
-  beside this file), so that a detection decodes its image once in the whole system.
+- ``OpenVinoDetector``: Pillow decode (EXIF applied; a batch on the instance's threads), uint8
+  batch into the IR, which resizes in its graph (the SavedModel's bilinear resize), runs the
+  network, picks heat-map peaks and turns distances into boxes; top-k, per-class NMS and the
+  calibration run in numpy on at most 300 candidates per image. No TensorFlow import. From the
+  same pixels it computes the monitoring statistics (``image_features.py`` beside this file).
 - ``TensorFlowDetector``: the SavedModel's serving signature (decoding, resizing, NMS and the
   same calibration in its graph); the fallback without OpenVINO, and the GPU path. It decodes
   in its graph, so it returns no statistics (callers then ask the feature service).
@@ -39,9 +38,6 @@ MAX_DETECTIONS = 100
 
 class DecodeError(ValueError):
     """The bytes of one request are not an image this runtime can read."""
-
-
-# --------------------------------------------------------------------------- decode
 
 
 def _sibling(file_name: str) -> ModuleType | None:
@@ -97,9 +93,6 @@ def decode_image(data: bytes) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise DecodeError("empty image")
     return arr
-
-
-# --------------------------------------------------------------------------- post-processing
 
 
 def calibrate(scores: np.ndarray, calibration: dict | None) -> np.ndarray:
@@ -170,9 +163,6 @@ def postprocess(heat: np.ndarray, boxes: np.ndarray, scale_xy: np.ndarray, wh: n
     b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, wh[0])
     b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, wh[1])
     return b.astype(np.float32), calibrate(s, calibration), c
-
-
-# --------------------------------------------------------------------------- detectors
 
 
 def read_metadata(version_dir: Path) -> dict:
@@ -297,22 +287,16 @@ class OpenVinoDetector:
 
     def _prepare(self, data: bytes) -> tuple[np.ndarray, dict | None] | DecodeError:
         """One file -> (uint8 RGB, monitoring statistics) or its DecodeError."""
-        try:
+        try:  # Pillow and numpy release the GIL: the files of a batch decode in parallel
             rgb = decode_image(data)
         except DecodeError as e:
             return e
         return rgb, self.pixel_statistics(rgb) if self.pixel_statistics else None
 
     def detect(self, files: list[bytes]) -> list[dict | Exception]:
-        """Encoded files -> per file {boxes, scores, labels, image_stats} or the DecodeError of that file.
-
-        With more than one thread, the files of a batch are decoded in parallel: Pillow and
-        numpy release the GIL, and decoding one after the other left the second core idle
-        while the batch waited (docs/performance.md)."""
-        if self._pool is not None and len(files) > 1:
-            prepared = list(self._pool.map(self._prepare, files))
-        else:
-            prepared = [self._prepare(data) for data in files]
+        """Encoded files -> per file {boxes, scores, labels, image_stats} or its DecodeError."""
+        parallel = self._pool is not None and len(files) > 1
+        prepared = list(self._pool.map(self._prepare, files)) if parallel else [self._prepare(d) for d in files]  # type: ignore[union-attr]
         good = [i for i, p in enumerate(prepared) if not isinstance(p, Exception)]
         outs = self.infer_arrays([prepared[i][0] for i in good]) if good else []  # type: ignore[index]
         results: list = list(prepared)
