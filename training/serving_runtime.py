@@ -295,8 +295,8 @@ class OpenVinoDetector:
 
     def detect(self, files: list[bytes]) -> list[dict | Exception]:
         """Encoded files -> per file {boxes, scores, labels, image_stats} or its DecodeError."""
-        parallel = self._pool is not None and len(files) > 1
-        prepared = list(self._pool.map(self._prepare, files)) if parallel else [self._prepare(d) for d in files]  # type: ignore[union-attr]
+        pool = self._pool if len(files) > 1 else None
+        prepared = list(pool.map(self._prepare, files)) if pool else [self._prepare(d) for d in files]
         good = [i for i, p in enumerate(prepared) if not isinstance(p, Exception)]
         outs = self.infer_arrays([prepared[i][0] for i in good]) if good else []  # type: ignore[index]
         results: list = list(prepared)

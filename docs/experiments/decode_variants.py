@@ -10,7 +10,8 @@ exactly the figures the issue judges, without training again:
 
 - ``served``: what the exported model does (3x3 peaks, top 300, per-class NMS at IoU 0.6);
   it must reproduce the crossval's own figures, which checks this script.
-- ``nms0.5`` / ``nms0.7`` / ``peaks``: NMS at another IoU, or none after the peak picking.
+- ``nms0.5`` / ``nms0.7`` / ``peaks``: NMS at another IoU, or none after the peak picking
+  (``flip+nms0.5``: both).
 - ``flip``: horizontal-flip test-time augmentation (heat map probabilities and edge distances
   averaged with those of the mirrored frame, left and right distances swapped): 2x the CPU.
 - ``scale1.25``: the frame resized to 640x352 instead of 512x288 (the network is fully
@@ -33,15 +34,15 @@ VARIANTS = ("served", "nms0.5", "nms0.7", "peaks", "flip", "flip+nms0.5", "scale
 
 
 def network_outputs(model, data: list[bytes], input_hw: tuple[int, int], flip: bool):  # type: ignore[no-untyped-def]
-    """Heat-map logits and ltrb distances for encoded frames, decoded and resized as served."""
+    """Heat-map logits and ltrb distances for encoded frames, decoded and resized by the
+    exported signature's own code (training.export.Detector)."""
     import tensorflow as tf
 
-    frames, sizes = [], []
-    for d in data:
-        img = tf.io.decode_image(d, channels=3, dtype=tf.uint8, expand_animations=False)
-        sizes.append([int(img.shape[1]), int(img.shape[0])])
-        frames.append(tf.image.resize(tf.cast(img, tf.float32), input_hw, method="bilinear", antialias=False))
-    x = tf.stack(frames)
+    from training.export import Detector
+
+    decoded = [Detector(model, input_hw, [])._decode_one(tf.constant(d)) for d in data]
+    x = tf.stack([frame for frame, _ in decoded])
+    sizes = [[float(hw[1]), float(hw[0])] for _, hw in decoded]
     heat, ltrb = model(x, training=False)
     if flip:
         heat_f, ltrb_f = model(x[:, :, ::-1, :], training=False)
