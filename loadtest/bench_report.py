@@ -11,7 +11,8 @@ LABELS = {"in_process": "1. SavedModel in process (TensorFlow)",
 # name, numerator path, denominator path (or a metric), concurrency, comparison, bound
 TARGETS = [
     ("Triton direct / in process, throughput @c16", "triton_direct", "in_process", 16, ">=", 0.85),
-    ("gateway / Triton direct, throughput @c4", "gateway", "triton_direct", 4, ">=", 0.6),
+    # Issue 7 asked 0.6; issue 13 restates it as 0.5 for the faster model (OpenVINO in Triton).
+    ("gateway / Triton direct, throughput @c4", "gateway", "triton_direct", 4, ">=", 0.5),
     ("gateway / naive baseline, throughput @c4", "gateway", "naive_baseline", 4, ">=", 2.0),
     ("gateway p95 latency @c4 (ms)", "gateway", "p95_ms", 4, "<=", 150.0),
     ("(information) gateway / Flask + SavedModel reference, throughput @c4", "gateway", "flask_savedmodel", 4,

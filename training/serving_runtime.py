@@ -26,6 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -206,7 +207,7 @@ class OpenVinoDetector:
     backend = "openvino"
 
     def __init__(self, version_dir: str | Path, precision: str = "auto", threads: int = 1, streams: int = 1,
-                 verify: bool = True) -> None:
+                 verify: bool = True, cpu_pinning: bool | None = None, max_batch: int = BATCH_SIZES[-1]) -> None:
         import threading
 
         import openvino as ov
@@ -227,7 +228,10 @@ class OpenVinoDetector:
         self._core = ov.Core()
         self._config = {"INFERENCE_NUM_THREADS": int(threads), "NUM_STREAMS": int(streams),
                         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
-        self._compiled: dict[int, object] = {}
+        if cpu_pinning is not None:  # None: OpenVINO's default (pinned); Triton's stub unpins (config.pbtxt)
+            self._config["ENABLE_CPU_PINNING"] = bool(cpu_pinning)
+        self._compiled: dict[int, object] = {}  # larger batches than max_batch run in parts (memory)
+        self._sizes = tuple(b for b in BATCH_SIZES if b <= max(1, max_batch))
         self._lock = threading.Lock()
         self._requests: dict[int, object] = {}
         self._compiled_for(1)  # a corrupt or mismatched IR fails here, at load
@@ -271,9 +275,9 @@ class OpenVinoDetector:
         for i, im in enumerate(images):
             groups.setdefault((im.shape[0], im.shape[1]), []).append(i)
         for (h, w), idx in groups.items():
-            for start in range(0, len(idx), BATCH_SIZES[-1]):
-                chunk = idx[start:start + BATCH_SIZES[-1]]
-                size = next(b for b in BATCH_SIZES if b >= len(chunk))
+            for start in range(0, len(idx), self._sizes[-1]):
+                chunk = idx[start:start + self._sizes[-1]]
+                size = next(b for b in self._sizes if b >= len(chunk))
                 batch = np.stack([images[i] for i in chunk] + [images[chunk[-1]]] * (size - len(chunk)))
                 request = self._request(size)
                 out = request.infer({0: batch})
@@ -383,12 +387,13 @@ def openvino_available() -> bool:
 
 
 def load_detector(version_dir: str | Path, backend: str = "auto", precision: str = "auto", threads: int = 1,
-                  streams: int = 1, device: str = "cpu"):  # type: ignore[no-untyped-def]
-    """``backend``: openvino, tensorflow, or auto (OpenVINO when installed and the IR exists)."""
+                  streams: int = 1, device: str = "cpu", **openvino: Any):  # type: ignore[no-untyped-def]
+    """``backend``: openvino, tensorflow, or auto (OpenVINO when installed and the IR exists);
+    ``openvino``: OpenVinoDetector's other options (cpu_pinning, max_batch)."""
     version_dir = Path(version_dir)
     has_ir = (version_dir / OPENVINO_DIR).is_dir()
     if backend == "openvino" or (backend == "auto" and has_ir and openvino_available()):
-        return OpenVinoDetector(version_dir, precision, threads, streams)
+        return OpenVinoDetector(version_dir, precision, threads, streams, **openvino)
     if backend not in ("auto", "tensorflow"):
         raise ValueError(f"unknown backend {backend!r} (openvino, tensorflow or auto)")
     return TensorFlowDetector(version_dir, intra=threads, device=device)

@@ -8,7 +8,9 @@ Runs the version through ``detector_runtime.py`` beside this file (training/serv
 - ``OPENVINO_PRECISION`` ``auto`` serves what the exporter's gates chose (model_metadata.json
   ``runtime``: INT8, else BF16 on CPUs with native BF16, else FP32), or force ``int8`` /
   ``bf16`` / ``fp32``;
-  ``OPENVINO_THREADS`` / ``OPENVINO_STREAMS`` per instance.
+  ``OPENVINO_THREADS`` / ``OPENVINO_STREAMS`` per instance; ``OPENVINO_CPU_PINNING`` (false by
+  default: two one-thread instances pinned themselves to the same core); ``OPENVINO_MAX_BATCH``,
+  the largest batch compiled (larger ones run in parts: each compiled size holds its own memory).
 - GPU: ``BACKEND=tensorflow`` with ``DEVICE=gpu`` runs the SavedModel on the GPU through the
   CUDA build of TensorFlow (docker-compose.gpu.yml sets both through the environment
   variables CAR_DETECTOR_BACKEND / CAR_DETECTOR_DEVICE, which override config.pbtxt).
@@ -104,6 +106,8 @@ class TritonPythonModel:
             precision=_param(config, "OPENVINO_PRECISION", "auto").lower(),
             threads=threads,
             streams=int(_param(config, "OPENVINO_STREAMS", "1")),
+            cpu_pinning=_param(config, "OPENVINO_CPU_PINNING", "false").lower() in ("1", "true", "yes"),
+            max_batch=int(_param(config, "OPENVINO_MAX_BATCH", "8")),
             device=_param(config, "DEVICE", "cpu").lower(),
         )
         self.tf_path = self.detector.backend == "tensorflow"

@@ -16,10 +16,10 @@ SHIPPED = triton_variants.MODEL_DIR
 
 
 def test_variant_words_are_instances_x_threads_x_streams():
-    assert triton_variants.parse_variants(["2x1", "1x2", "1x2x1"]) == [
-        ("2x1", 2, 1, None), ("1x2", 1, 2, None), ("1x2x1", 1, 2, 1)]
+    assert triton_variants.parse_variants(["2x1", "1x2", "1x2x1", "1x2p"]) == [
+        ("2x1", 2, 1, None, False), ("1x2", 1, 2, None, False), ("1x2x1", 1, 2, 1, False), ("1x2p", 1, 2, None, True)]
     assert [name for name, *_ in triton_variants.parse_variants([])] == ["2x2", "1x2", "2x1"]
-    for bad in ("2x", "0x1", "two", "1x2x0"):
+    for bad in ("2x", "0x1", "two", "1x2x0", "1x2q"):
         with pytest.raises(SystemExit, match="expected NxT"):
             triton_variants.parse_variants([bad])
 
@@ -29,12 +29,15 @@ def test_a_variant_repository_differs_from_the_shipped_one_in_instances_threads_
     model = repository / "car_detector"
     shipped, variant = (SHIPPED / "config.pbtxt").read_text().splitlines(), (model / "config.pbtxt").read_text().splitlines()
     changed = {(a.strip(), b.strip()) for a, b in zip(shipped, variant) if a != b}
-    assert len(shipped) == len(variant) and ("count: 1", "count: 3") in changed
+    assert len(shipped) == len(variant) and ("count: 2", "count: 3") in changed
     # streams: the shipped number, at most the threads
     assert {b for _, b in changed} <= {"count: 3", 'parameters: { key: "OPENVINO_THREADS" value: { string_value: "1" } }',
                                        'parameters: { key: "OPENVINO_STREAMS" value: { string_value: "1" } }',
                                        'parameters: { key: "TF_INTRA_OP_THREADS" value: { string_value: "1" } }',
                                        'parameters: { key: "LOG_BATCHES" value: { string_value: "false" } }'}
+    pinned = triton_variants.variant_repository("1x2p", 1, 2, tmp_path, pinned=True) / "car_detector" / "config.pbtxt"
+    assert 'key: "OPENVINO_CPU_PINNING" value: { string_value: "true" }' in pinned.read_text()
+    assert 'key: "OPENVINO_CPU_PINNING" value: { string_value: "false" }' in (model / "config.pbtxt").read_text()
     # Every version is the shipped one itself (a link), not a copy that could drift.
     versions = sorted(p.name for p in SHIPPED.iterdir() if p.name.isdigit())
     assert versions and all((model / v).is_symlink() and (model / v).resolve() == (SHIPPED / v).resolve() for v in versions)

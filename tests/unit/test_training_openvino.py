@@ -174,6 +174,21 @@ def test_a_padded_batch_gives_each_image_what_it_gets_alone(frames: list[bytes])
     assert sorted(detector._compiled) == [1, 4]
 
 
+def test_a_batch_over_max_batch_runs_in_parts_and_gives_each_image_what_it_gets_alone(frames: list[bytes]) -> None:
+    """OPENVINO_MAX_BATCH (config.pbtxt) bounds the compiled sizes, hence the memory: five
+    frames with max_batch 2 run as 2 + 2 + 1, unpinned, and match the frames run alone."""
+    from training import serving_runtime as rt
+
+    capped = rt.load_detector(_version_with_ir(), "openvino", "fp32", threads=1, cpu_pinning=False, max_batch=2)
+    assert capped._config["ENABLE_CPU_PINNING"] is False
+    together = capped.detect(frames[:5])
+    assert sorted(capped._compiled) == [1, 2]
+    for data, joint in zip(frames[:5], together):
+        alone = capped.detect([data])[0]
+        np.testing.assert_allclose(joint["scores"], alone["scores"], atol=1e-3)
+        np.testing.assert_allclose(joint["boxes"], alone["boxes"], atol=0.05)
+
+
 def test_auto_serves_int8_then_bf16_where_the_cpu_has_it_then_fp32() -> None:
     from training import serving_runtime as rt
 
