@@ -2,8 +2,8 @@
 
     python loadtest/scale_out.py [--seconds 30] [--concurrency 4 16]     # make scale-out
 
-For each Triton variant (1 instance x 2 OpenVINO threads, as shipped; 2 instances x 1 thread
-each, the same two cores' worth of threads) the stack is started with MODEL_REPOSITORY pointing
+For each Triton variant (1 instance x 2 OpenVINO threads; 2 instances x 1 thread each, as
+shipped: the same two cores' worth of threads) the stack is started with MODEL_REPOSITORY pointing
 at a copy of the model repository whose config.pbtxt differs only in those numbers
 (loadtest/triton_variants.py). Beside its gateway (GUNICORN_WORKERS, 2) a second gateway with 4
 workers runs on the same services. Each gateway is loaded through its detect endpoint at each

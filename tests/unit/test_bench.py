@@ -62,11 +62,11 @@ def _row(c: int, ips: float, p95: float = 100.0) -> dict:
 def test_verdicts_pass_fail_and_missing() -> None:
     report = {"stack_rss_mb": 1200.0, "results": {
         "in_process": [_row(16, 40.0)], "triton_direct": [_row(16, 36.0), _row(4, 30.0)],
-        "gateway": [_row(4, 15.0, p95=180.0)], "naive_baseline": [_row(4, 5.0)]}}
+        "gateway": [_row(4, 13.5, p95=180.0)], "naive_baseline": [_row(4, 5.0)]}}
     verdicts = {v["target"]: v for v in bench_report.verdicts(report)}
     assert verdicts["Triton direct / in process, throughput @c16"]["verdict"] == "PASS"  # 0.9
-    assert verdicts["gateway / Triton direct, throughput @c4"]["verdict"] == "FAIL"  # 0.5
-    assert verdicts["gateway / naive baseline, throughput @c4"]["verdict"] == "PASS"  # 3.0
+    assert verdicts["gateway / Triton direct, throughput @c4"]["verdict"] == "FAIL"  # 0.45
+    assert verdicts["gateway / naive baseline, throughput @c4"]["verdict"] == "PASS"  # 2.7
     assert verdicts["gateway p95 latency @c4 (ms)"]["verdict"] == "FAIL"
     assert verdicts["whole stack resident memory, peak (MB)"]["verdict"] == "PASS"
     info = next(v for name, v in verdicts.items() if name.startswith("(information)"))
