@@ -27,6 +27,7 @@ from pathlib import Path
 import psutil
 
 from loadtest import bench, bench_paths, bench_stack
+from loadtest.bench_model import ServiceCpu
 from services.common import config
 from services.common.config import REPO_ROOT
 
@@ -83,19 +84,6 @@ def stub_rss_mb(process: subprocess.Popen) -> float:
     return round(total / 2**20, 1)
 
 
-def triton_cpu_s(process: subprocess.Popen) -> float:
-    """utime + stime of a variant's Triton process tree (the server and its stubs), in seconds."""
-    total = 0.0
-    root = psutil.Process(process.pid)
-    for member in [root, *root.children(recursive=True)]:
-        try:
-            times = member.cpu_times()
-            total += times.user + times.system
-        except psutil.Error:
-            pass
-    return total
-
-
 def parse_variants(specs: list[str]) -> list[tuple[str, int, int, int | None, bool]]:
     """`NxT` or `NxTxS` words, `p` at the end for pinned threads -> (name, instances, threads,
     streams or None, pinned); a malformed word stops the run, saying why."""
@@ -128,22 +116,20 @@ def main(argv: list[str]) -> int:
             bench_stack.ENV["TRITON_GRPC_PORT"] = str(port + 1)
             factories[name] = bench_paths.triton_direct()  # the client binds its port now
         runs: dict[str, dict[int, list]] = {name: {c: [] for c in bench.CONCURRENCY} for name, *_ in variants}
-        cpu_ms: dict[str, dict[int, list[float]]] = {name: {c: [] for c in bench.CONCURRENCY} for name, *_ in variants}
         names = [name for name, *_ in variants]
         for concurrency in bench.CONCURRENCY:
             for round_ in range(bench.ROUNDS):
                 for name in names if round_ % 2 == 0 else names[::-1]:
-                    before = triton_cpu_s(processes[name])
+                    root = psutil.Process(processes[name].pid)  # the server and its stubs
+                    meter = ServiceCpu([root, *root.children(recursive=True)])
+                    meter.start()
                     run = bench.measure(factories[name], images, concurrency, bench.SECONDS)
+                    run["triton_cpu_s"] = sum(meter.stop().values())  # bench.summarise divides it by the images
                     runs[name][concurrency].append(run)
-                    cpu_ms[name][concurrency].append(
-                        (triton_cpu_s(processes[name]) - before) * 1000 / max(len(run["latencies"]), 1))
                     bench_stack.log(f"  c={concurrency:<3} round {round_ + 1}  {name:5} "
                                     f"{len(run['latencies']) / run['wall_s']:7.2f} images/s  errors {len(run['errors'])}")
         for name, count, intra, streams, pinned in variants:
             rows = [bench.summarise(runs[name][c], c) for c in bench.CONCURRENCY]
-            for row, c in zip(rows, bench.CONCURRENCY):
-                row["triton_cpu_ms_per_image"] = round(sum(cpu_ms[name][c]) / len(cpu_ms[name][c]), 2)
             results[name] = {"instances": count, "intra_op_threads": intra,
                              "openvino_streams": streams_for(intra, streams), "cpu_pinning": pinned,
                              "stub_rss_mb": stub_rss_mb(processes[name]), "rows": rows}
