@@ -4,9 +4,11 @@
 
 Each variant NxT or NxTxS (N instances, T threads each: OpenVINO's, or TensorFlow's intra-op,
 shared out between S OpenVINO streams: by default the shipped number, at most T), with a
-trailing ``p`` for OpenVINO threads pinned to cores (from version 6; unpinned as shipped), gets its own
-Triton process on its own ports, serving the same model version from a copy of config.pbtxt
-that differs only in those numbers (per-batch logging off in all). Triton direct over gRPC is then
+trailing ``p`` for OpenVINO threads pinned to cores (from version 6; unpinned as shipped), and
+optionally the batching: ``/maxB`` for the largest batch OpenVINO compiles (OPENVINO_MAX_BATCH,
+from version 6) and ``/prefP+Q`` for dynamic batching's preferred sizes (``2x1/max8/pref4+8``),
+gets its own Triton process on its own ports, serving the same model version from a copy of
+config.pbtxt that differs only in those numbers (per-batch logging off in all). Triton direct over gRPC is then
 measured at concurrency 1, 4 and 16 (BENCH_CONCURRENCY), interleaved round by round
 (BENCH_ROUNDS x BENCH_SECONDS, as loadtest/bench.py), and the resident memory of each
 variant's stub processes is reported after the load, with the CPU time of its Triton processes
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 
@@ -44,10 +47,11 @@ def streams_for(intra: int, streams: int | None) -> int:
 
 
 def variant_repository(name: str, count: int, intra: int, root: Path, streams: int | None = None,
-                       pinned: bool = False) -> Path:
-    """A model repository whose config differs from the shipped one in count, threads, streams and
-    pinning only (streams: the shipped number, at most `intra`, unless given)."""
-    model = root / name / "car_detector"
+                       pinned: bool = False, max_batch: int | None = None, preferred: tuple[int, ...] | None = None) -> Path:
+    """A model repository whose config differs from the shipped one in count, threads, streams,
+    pinning and batching only (streams: the shipped number, at most `intra`, unless given; the
+    largest compiled batch and the preferred batch sizes: the shipped ones unless given)."""
+    model = root / name.replace("/", "-") / "car_detector"  # 2x1/max8 -> 2x1-max8
     if model.parent.exists():
         shutil.rmtree(model.parent)
     model.mkdir(parents=True)
@@ -59,6 +63,11 @@ def variant_repository(name: str, count: int, intra: int, root: Path, streams: i
                     config)
     config = re.sub(r'(key: "LOG_BATCHES" value: \{ string_value: )"\w+"', r'\1"false"', config)
     config = re.sub(r'(key: "OPENVINO_CPU_PINNING" value: \{ string_value: )"\w+"', rf'\1"{str(pinned).lower()}"', config)
+    if max_batch is not None:
+        config = re.sub(r'(key: "OPENVINO_MAX_BATCH" value: \{ string_value: )"\d+"', rf'\1"{max_batch}"', config)
+    if preferred is not None:
+        config = re.sub(r"preferred_batch_size: \[[^\]]*\]", f"preferred_batch_size: [ {', '.join(map(str, preferred))} ]",
+                        config, count=1)
     (model / "config.pbtxt").write_text(config)
     for entry in MODEL_DIR.iterdir():
         if entry.name != "config.pbtxt":
@@ -84,16 +93,32 @@ def stub_rss_mb(process: subprocess.Popen) -> float:
     return round(total / 2**20, 1)
 
 
-def parse_variants(specs: list[str]) -> list[tuple[str, int, int, int | None, bool]]:
-    """`NxT` or `NxTxS` words, `p` at the end for pinned threads -> (name, instances, threads,
-    streams or None, pinned); a malformed word stops the run, saying why."""
+class Variant(NamedTuple):
+    name: str
+    instances: int
+    threads: int
+    streams: int | None = None  # None: the shipped number, at most `threads`
+    pinned: bool = False
+    max_batch: int | None = None  # None: the shipped OPENVINO_MAX_BATCH
+    preferred: tuple[int, ...] | None = None  # None: the shipped preferred_batch_size
+
+
+_VARIANT = re.compile(r"([1-9]\d*)x([1-9]\d*)(?:x([1-9]\d*))?(p?)(?:/max([1-9]\d*))?(?:/pref([1-9]\d*(?:\+[1-9]\d*)*))?")
+
+
+def parse_variants(specs: list[str]) -> list[Variant]:
+    """`NxT` or `NxTxS` words, `p` for pinned threads, then optionally `/maxB` and `/prefP+Q`;
+    a malformed word stops the run, saying why."""
     variants = []
     for spec in specs or ["2x2", "1x2", "2x1"]:
-        match = re.fullmatch(r"([1-9]\d*)x([1-9]\d*)(?:x([1-9]\d*))?(p?)", spec)
+        match = _VARIANT.fullmatch(spec)
         if not match:
             sys.exit(f"variant {spec!r}: expected NxT or NxTxS, e.g. 2x2 or 1x2x2 (N instances, T threads each, "
-                     f"S OpenVINO streams), p at the end for pinned threads (1x2p)")
-        variants.append((spec, int(match[1]), int(match[2]), int(match[3]) if match[3] else None, bool(match[4])))
+                     f"S OpenVINO streams), p at the end for pinned threads (1x2p), then optionally /maxB for the "
+                     f"largest compiled batch and /prefP+Q for the preferred batch sizes (2x1/max8/pref4+8)")
+        variants.append(Variant(spec, int(match[1]), int(match[2]), int(match[3]) if match[3] else None, bool(match[4]),
+                                int(match[5]) if match[5] else None,
+                                tuple(int(size) for size in match[6].split("+")) if match[6] else None))
     return variants
 
 
@@ -106,9 +131,11 @@ def main(argv: list[str]) -> int:
     load_before = [round(x, 2) for x in os.getloadavg()]
     try:
         factories = {}
-        for index, (name, count, intra, streams, pinned) in enumerate(variants):
+        for index, variant in enumerate(variants):
             port = BASE_PORT + 10 * index
-            processes[name] = start(variant_repository(name, count, intra, root, streams, pinned), port)
+            processes[variant.name] = start(variant_repository(variant.name, variant.instances, variant.threads, root,
+                                                               variant.streams, variant.pinned, variant.max_batch,
+                                                               variant.preferred), port)
         for index, (name, *_) in enumerate(variants):
             port = BASE_PORT + 10 * index
             bench_paths.wait_answering(processes[name], f"http://127.0.0.1:{port}/v2/models/car_detector/ready",
@@ -128,11 +155,13 @@ def main(argv: list[str]) -> int:
                     runs[name][concurrency].append(run)
                     bench_stack.log(f"  c={concurrency:<3} round {round_ + 1}  {name:5} "
                                     f"{len(run['latencies']) / run['wall_s']:7.2f} images/s  errors {len(run['errors'])}")
-        for name, count, intra, streams, pinned in variants:
-            rows = [bench.summarise(runs[name][c], c) for c in bench.CONCURRENCY]
-            results[name] = {"instances": count, "intra_op_threads": intra,
-                             "openvino_streams": streams_for(intra, streams), "cpu_pinning": pinned,
-                             "stub_rss_mb": stub_rss_mb(processes[name]), "rows": rows}
+        for variant in variants:
+            rows = [bench.summarise(runs[variant.name][c], c) for c in bench.CONCURRENCY]
+            results[variant.name] = {"instances": variant.instances, "intra_op_threads": variant.threads,
+                                     "openvino_streams": streams_for(variant.threads, variant.streams),
+                                     "cpu_pinning": variant.pinned, "openvino_max_batch": variant.max_batch,
+                                     "preferred_batch_sizes": variant.preferred,
+                                     "stub_rss_mb": stub_rss_mb(processes[variant.name]), "rows": rows}
     finally:
         for process in processes.values():
             process.terminate()

@@ -1,4 +1,11 @@
-"""Score calibration: temperature scaling of the detector's confidence, fitted out of fold.
+"""Score calibration and box scale of the detector, both fitted out of fold.
+
+Box scale: the network's boxes come out a few per cent small (their edges sit inside the
+labelled ones, symmetrically), which costs AP at the stricter IoUs. One factor widens every box
+about its centre; it is chosen on a grid to maximise AP50-95, and the figures reported with it
+are leave-one-block-out (each block scaled by the factor fitted on the other blocks).
+
+Score calibration: temperature scaling of the detector's confidence.
 
 A detection counts as correct when it matches a ground-truth box at IoU 0.5 (the greedy COCO
 matching of training.metrics). The map is ``sigmoid((logit(s) - shift) / temperature)``:
@@ -12,12 +19,48 @@ parameters stored in model_metadata.json).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import numpy as np
 
 N_BINS = 10
 EPS = 1e-6
+BOX_FACTORS = tuple(round(1.0 + 0.01 * i, 2) for i in range(16))  # 1.00 .. 1.15
+
+
+def scale_results(results: list, factor: float) -> list:
+    """ImageResults with every detection widened about its centre by ``factor``, clipped to the image."""
+    from training.detections import scale_boxes
+
+    if factor == 1.0:
+        return results
+    return [dataclasses.replace(r, boxes=scale_boxes(np.asarray(r.boxes, np.float32), factor, (r.width or np.inf, r.height or np.inf)))
+            for r in results]  # an image of unknown size (0) is not clipped
+
+
+def _ap50_95(results: list, num_classes: int) -> float:
+    from training.metrics import IOU_THRESHOLDS, average_precision, match_detections
+
+    aps = [average_precision(*match_detections(results, c, float(t), "all")) for c in range(num_classes) for t in IOU_THRESHOLDS]
+    return float(np.nanmean(aps))
+
+
+def best_box_factor(results: list, num_classes: int) -> tuple[float, dict[float, float]]:
+    """The factor of BOX_FACTORS with the highest AP50-95 on ``results`` (the smallest on ties)."""
+    curve = {f: _ap50_95(scale_results(results, f), num_classes) for f in BOX_FACTORS}
+    return max(curve, key=lambda f: (curve[f], -f)), curve
+
+
+def fit_box_scale(blocks: list[list], num_classes: int) -> dict:
+    """Out-of-fold detections per held-out block -> the factor to serve (fitted on all blocks)
+    and, per block, the factor fitted without it (to report honest figures)."""
+    pooled = [r for block in blocks for r in block]
+    factor, curve = best_box_factor(pooled, num_classes)
+    held_out = [best_box_factor([r for j, block in enumerate(blocks) if j != i for r in block], num_classes)[0]
+                for i in range(len(blocks))] if len(blocks) > 1 else [factor]
+    return {"factor": factor, "fitted_on": "out-of-fold crossval detections", "objective": "pooled AP50-95",
+            "held_out_factors": held_out, "ap50_95_by_factor": {f"{f:.2f}": round(v, 4) for f, v in curve.items()}}
 
 
 def logit(p: np.ndarray) -> np.ndarray:

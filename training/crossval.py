@@ -48,17 +48,19 @@ def _block_metrics(results: list, class_names: list[str], threshold: float) -> d
 
 def summarise(samples: list[Sample], class_names: list[str], folds: list[dict], args_info: dict) -> dict:
     """Pooled and per-block figures at one threshold chosen on all out-of-fold detections."""
-    from training.calibration import fit_calibration
+    from training.calibration import fit_box_scale, fit_calibration, scale_results
     from training.fit import to_results
     from training.metrics import choose_threshold, clean_nan, evaluate
 
-    per_block = []
-    pooled_results = []
-    for f in folds:
-        held = [samples[i] for i in f["held_out"]]
-        res = to_results(held, f["detections"], class_names)
-        per_block.append((f, held, res))
-        pooled_results += res
+    helds = [[samples[i] for i in f["held_out"]] for f in folds]
+    raw = [to_results(held, f["detections"], class_names) for f, held in zip(folds, helds)]
+    raw_pooled = evaluate([r for res in raw for r in res], class_names, 0.5)
+    box_scale = fit_box_scale(raw, len(class_names))
+    # Every figure below is of boxes scaled as served, each block by the factor fitted without it.
+    per_block = [(f, held, scale_results(res, factor)) for f, held, res, factor in zip(folds, helds, raw, box_scale["held_out_factors"])]
+    pooled_results = [r for _, _, res in per_block for r in res]
+    box_scale["unscaled"] = {"ap50": raw_pooled["ap50"], "ap50_95": raw_pooled["ap50_95"],
+                             "worst_block_ap50": min(_block_metrics(res, class_names, 0.5)["ap50"] for res in raw)}
     threshold = choose_threshold(pooled_results, len(class_names))
     pooled = evaluate(pooled_results, class_names, threshold)
     blocks = []
@@ -98,6 +100,7 @@ def summarise(samples: list[Sample], class_names: list[str], folds: list[dict], 
     return clean_nan({
         "crossval": crossval,
         "calibration": calibration,
+        "box_scale": box_scale,
         # Served scores are calibrated, so the operating threshold is stated in calibrated units;
         # calibration is monotonic, so it keeps exactly the same detections as the raw threshold.
         "operating_threshold": round(thr_cal, 4),
@@ -162,6 +165,16 @@ def format_markdown(summary: dict) -> str:
         f"and the recall {summary['operating_recall']:.3f}.",
         "",
     ]
+    box = summary.get("box_scale")
+    if box:
+        raw = box["unscaled"]
+        lines += [
+            f"Box scale (fitted on {box['fitted_on']}, objective {box['objective']}): every box widened about its "
+            f"centre by **{box['factor']:.2f}** as served. The table scores each block with the factor fitted on the "
+            f"other blocks ({', '.join(f'{f:.2f}' for f in box['held_out_factors'])}). Unscaled boxes: pooled AP50 "
+            f"{raw['ap50']:.3f}, AP50-95 {raw['ap50_95']:.3f}, worst block AP50 {raw['worst_block_ap50']:.3f}.",
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -1,5 +1,8 @@
 """Evaluate a car_detector version in process (SavedModel) or through a running Triton.
 
+In process, the SavedModel's boxes get the version's box scale as the runtime applies it
+(model_metadata.json ``box_scale``, from version 7), so both ways score what is served.
+
     python -m training.evaluate --data DIR [--version N] [--server 127.0.0.1:8001]
                                 [--split validation|all] [--threshold T] [--out DIR]
 
@@ -154,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     results = to_results(samples, preds, class_names)
+    if not args.server:
+        from training.calibration import scale_results
+        from training.detections import box_factor
+
+        results = scale_results(results, box_factor(meta))
     metrics = evaluate(results, class_names, threshold)
     where = f"Triton {args.server}" if args.server else "in process"
     out = Path(args.out) if args.out else REPO_ROOT / "var" / "reports" / "eval" / f"v{version}{'-triton' if args.server else ''}"

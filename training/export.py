@@ -40,7 +40,7 @@ class Detector(tf.Module):
         self.score_floor = tf.Variable(SCORE_FLOOR, trainable=False, name="raw_score_floor")
 
     def set_calibration(self, calibration: dict | None) -> None:
-        from training.serving_runtime import raw_floor
+        from training.detections import raw_floor
 
         params = (calibration or {}).get("params") or {"temperature": 1.0, "shift": 0.0}
         self.temperature.assign(float(params["temperature"]))

@@ -318,7 +318,11 @@ def to_results(samples: list[Sample], preds: list[dict], class_names: list[str])
     ]
 
 
-def evaluate_detector(detector, samples: list[Sample], class_names: list[str], threshold: float | None = None) -> dict:  # type: ignore[no-untyped-def]
+def evaluate_detector(detector, samples: list[Sample], class_names: list[str], threshold: float | None = None,  # type: ignore[no-untyped-def]
+                      box_factor: float = 1.0) -> dict:
+    """The exported detector's metrics on ``samples``, its boxes scaled by ``box_factor`` as served."""
+    from training.calibration import scale_results
     from training.metrics import evaluate
 
-    return evaluate(to_results(samples, predict_files(detector, [s.path for s in samples]), class_names), class_names, threshold)
+    results = to_results(samples, predict_files(detector, [s.path for s in samples]), class_names)
+    return evaluate(scale_results(results, box_factor), class_names, threshold)

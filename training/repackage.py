@@ -1,6 +1,6 @@
 """A new version from an existing one's artefacts with this checkout's runtime files.
 
-    python -m training.repackage FROM [--version N] --reason "..." [--triton HOST:PORT]
+    python -m training.repackage FROM [--version N] --reason "..." [--crossval CROSSVAL_JSON] [--triton HOST:PORT]
 
 The weights, the OpenVINO IR (with its quantisation), the reports and every measured figure
 (validation, cross-validation, calibration, gates) are the old version's, byte for byte; the
@@ -9,6 +9,11 @@ metadata records where it came from and why (`repackaged_from`). The version is 
 in the model registry before Triton may serve it, as `make train` does; the old version stays
 registered until it is deprecated (`python -m governance.model_registry deprecate`).
 No TensorFlow, no training: a minute's work.
+
+``--crossval``: a cross-validation of the same recipe (training.crossval's crossval.json, same
+input size and dataset) gives the new version its box scale and its cross-validated figures and
+report. The score calibration and the operating threshold stay the old version's: the
+SavedModel's graph holds that calibration, so the new run must have chosen the same raw threshold.
 """
 from __future__ import annotations
 
@@ -27,7 +32,24 @@ SKIPPED_DIRS = {"__pycache__", ".ipynb_checkpoints"}
 OWN_FIELDS = ("model_name", "version", "exported_at", "git_commit", "repackaged_from")
 
 
-def repackage(repository: Path, source_version: int, reason: str, version: int | None = None) -> Path:
+def crossval_fields(path: Path, old: dict) -> dict:
+    """The metadata a cross-validation of the same recipe gives a repackaged version (box scale,
+    cross-validated figures); ValueError if it measured something else."""
+    summary = json.loads(Path(path).read_text())
+    cv, old_cv = summary.get("crossval", {}), old.get("crossval", {})
+    size = old.get("input_size", {})
+    if cv.get("input_size") != [size.get("width"), size.get("height")] or cv.get("dataset_fingerprint") != old.get("dataset", {}).get("fingerprint"):
+        raise ValueError(f"{path} cross-validated another input size or dataset than the version")
+    if cv.get("threshold") != old_cv.get("threshold"):
+        raise ValueError(f"{path} chose the raw threshold {cv.get('threshold')}, the version serves {old_cv.get('threshold')}: "
+                         "its precision and recall would not be the served ones")
+    if "box_scale" not in summary:
+        raise ValueError(f"{path} has no box scale (a cross-validation from before version 7's runtime)")
+    return {key: summary[key] for key in ("crossval", "box_scale", "operating_precision", "operating_recall")}
+
+
+def repackage(repository: Path, source_version: int, reason: str, version: int | None = None,
+              crossval: Path | None = None) -> Path:
     """Write the new version directory; returns it."""
     source = Path(repository) / MODEL_NAME / str(source_version)
     if not (source / "model_metadata.json").is_file():
@@ -36,6 +58,9 @@ def repackage(repository: Path, source_version: int, reason: str, version: int |
     metadata = {key: value for key, value in old.items() if key not in OWN_FIELDS}
     metadata["repackaged_from"] = {"version": source_version, "exported_at": old.get("exported_at"),
                                    "git_commit": old.get("git_commit"), "reason": reason}
+    if crossval is not None:
+        metadata.update(crossval_fields(crossval, old))
+        metadata["repackaged_from"]["crossval"] = str(crossval)
 
     def fill(tmp: Path, meta: dict) -> None:
         for item in source.iterdir():
@@ -45,6 +70,10 @@ def repackage(repository: Path, source_version: int, reason: str, version: int |
                 shutil.copytree(item, tmp / item.name, ignore=shutil.ignore_patterns(*SKIPPED_DIRS))
             else:
                 shutil.copy2(item, tmp / item.name)
+        if crossval is not None:
+            from training.openvino_export import keep_reports
+
+            keep_reports(tmp, meta)  # the new run's report and plot replace the old ones
 
     return write_version_dir(Path(repository), metadata, fill, version=version)
 
@@ -54,13 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", type=int, metavar="FROM", help="the version whose artefacts are taken")
     parser.add_argument("--version", type=int, default=None, help="number of the new version (default: next free)")
     parser.add_argument("--reason", required=True, help="why (recorded in the metadata and the registry)")
+    parser.add_argument("--crossval", type=Path, default=None, metavar="CROSSVAL_JSON",
+                        help="box scale and cross-validated figures from this cross-validation of the same recipe")
     parser.add_argument("--repository", type=Path, default=Path(config.MODEL_REPOSITORY))
     parser.add_argument("--registry", default=None, metavar="PATH", help="model registry JSON (default: the project's)")
     parser.add_argument("--triton", default=None, metavar="HOST:PORT", help="reload the model on this Triton afterwards")
     args = parser.parse_args(argv)
     try:
-        vdir = repackage(args.repository, args.source, args.reason, args.version)
-    except FileNotFoundError as error:
+        vdir = repackage(args.repository, args.source, args.reason, args.version, args.crossval)
+    except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {vdir}", flush=True)

@@ -8,11 +8,12 @@ model.py, the bench and the tests all run the same code on the same files.
   the rest); a corrupt, swapped or unlisted OpenVINO IR is refused before it is compiled.
 - ``OpenVinoDetector``: Pillow decode (EXIF applied; a batch on the instance's threads), uint8
   batch into the IR, which resizes in its graph (the SavedModel's bilinear resize), runs the
-  network, picks heat-map peaks and turns distances into boxes; top-k, per-class NMS and the
-  calibration run in numpy on at most 300 candidates per image. No TensorFlow import. From the
+  network, picks heat-map peaks and turns distances into boxes; top-k, per-class NMS, the score
+  calibration and the box scale run in numpy (``detections.py`` beside this file) on at most 300
+  candidates per image. No TensorFlow import. From the
   same pixels it computes the monitoring statistics (``image_features.py`` beside this file).
 - ``TensorFlowDetector``: the SavedModel's serving signature (decoding, resizing, NMS and the
-  same calibration in its graph); the fallback without OpenVINO, and the GPU path. It decodes
+  same calibration in its graph, the box scale after it); the fallback without OpenVINO, and the GPU path. It decodes
   in its graph, so it returns no statistics (callers then ask the feature service).
 """
 from __future__ import annotations
@@ -32,9 +33,6 @@ import numpy as np
 
 OPENVINO_DIR = "openvino"
 IR_FILES = {"fp32": "model_fp32.xml", "int8": "model_int8.xml"}
-NMS_IOU = 0.6
-PRE_NMS_TOP_K = 300
-MAX_DETECTIONS = 100
 
 
 class DecodeError(ValueError):
@@ -60,6 +58,9 @@ def _sibling(file_name: str) -> ModuleType | None:
 
 _manifest: ModuleType = _sibling("version_manifest.py")  # type: ignore[assignment]  # copied beside it, always
 IntegrityError, MANIFEST, verify_manifest = _manifest.IntegrityError, _manifest.MANIFEST, _manifest.verify_manifest
+_detections: ModuleType = _sibling("detections.py")  # type: ignore[assignment]  # copied beside it from version 7
+box_factor, postprocess, raw_floor, scale_boxes = (_detections.box_factor, _detections.postprocess, _detections.raw_floor,
+                                                   _detections.scale_boxes)
 
 
 def _pixel_statistics() -> Callable[[np.ndarray], dict] | None:
@@ -94,76 +95,6 @@ def decode_image(data: bytes) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise DecodeError("empty image")
     return arr
-
-
-def calibrate(scores: np.ndarray, calibration: dict | None) -> np.ndarray:
-    """The monotonic map fitted out of fold (training.calibration), identity without one."""
-    params = (calibration or {}).get("params") or {}
-    if not params:
-        return scores
-    t, b = float(params["temperature"]), float(params["shift"])
-    p = np.clip(scores.astype(np.float64), 1e-6, 1 - 1e-6)
-    z = np.log(p) - np.log1p(-p)
-    return (1.0 / (1.0 + np.exp(-(z - b) / t))).astype(np.float32)
-
-
-def raw_floor(calibration: dict | None, floor: float = 0.05) -> float:
-    """Raw-score floor whose calibrated value is at most ``floor`` (the contract's promise)."""
-    params = (calibration or {}).get("params") or {}
-    if not params:
-        return floor
-    z = np.log(floor) - np.log1p(-floor)
-    inv = 1.0 / (1.0 + np.exp(-(z * float(params["temperature"]) + float(params["shift"]))))
-    return float(min(floor, inv))
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Greedy NMS; indices kept, by descending score."""
-    order = np.argsort(-scores, kind="stable")
-    x1, y1, x2, y2 = boxes.T
-    area = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
-    keep = []
-    while order.size:
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
-        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
-        inter = w * h
-        order = rest[inter / np.maximum(area[i] + area[rest] - inter, 1e-9) <= iou]
-    return np.array(keep, np.int64)
-
-
-def postprocess(heat: np.ndarray, boxes: np.ndarray, scale_xy: np.ndarray, wh: np.ndarray,
-                floor: float, calibration: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One image: peak scores [N, C] and boxes [N, 4] (input pixels) -> boxes, scores, class ids.
-
-    Mirrors training.model.decode: top-300 cells by best class, per-class NMS at IoU 0.6,
-    raw-score floor, at most 100 boxes, scaled to original pixels and clipped.
-    """
-    best = heat.max(axis=1)
-    k = min(PRE_NMS_TOP_K, len(best))
-    top = np.argpartition(-best, k - 1)[:k] if k < len(best) else np.arange(len(best))
-    cand_b = boxes[top] * np.tile(scale_xy, 2)[None, :]
-    cand_s = heat[top]
-    out_b, out_s, out_c = [], [], []
-    for cls in range(heat.shape[1]):
-        sel = cand_s[:, cls] >= floor
-        if not sel.any():
-            continue
-        b, s = cand_b[sel], cand_s[sel, cls]
-        keep = nms(b, s, NMS_IOU)[:MAX_DETECTIONS]
-        out_b.append(b[keep])
-        out_s.append(s[keep])
-        out_c.append(np.full(len(keep), cls, np.int32))
-    if not out_b:
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32)
-    b, s, c = np.concatenate(out_b), np.concatenate(out_s), np.concatenate(out_c)
-    order = np.argsort(-s, kind="stable")[:MAX_DETECTIONS]
-    b, s, c = b[order], s[order], c[order]
-    b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, wh[0])
-    b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, wh[1])
-    return b.astype(np.float32), calibrate(s, calibration), c
 
 
 def read_metadata(version_dir: Path) -> dict:
@@ -240,6 +171,7 @@ class OpenVinoDetector:
         self.input_wh = (int(size.get("width", 512)), int(size.get("height", 288)))
         self.calibration = self.meta.get("calibration")
         self.floor = raw_floor(self.calibration, float(self.meta.get("score_floor", 0.05)))
+        self.box_factor = box_factor(self.meta)
         self.pixel_statistics = _pixel_statistics()
         self._pool = ThreadPoolExecutor(int(threads), thread_name_prefix="decode") if int(threads) > 1 else None
         self.description = f"OpenVINO {ov.__version__} {precision.upper()} on CPU, {threads} thread(s), {streams} stream(s)"
@@ -286,7 +218,7 @@ class OpenVinoDetector:
                 scale = np.array([w / self.input_wh[0], h / self.input_wh[1]], np.float32)
                 for j, i in enumerate(chunk):
                     results[i] = postprocess(heat[j], boxes[j], scale, np.array([w, h], np.float32), self.floor,
-                                             self.calibration)
+                                             self.calibration, self.box_factor)
         return results
 
     def _prepare(self, data: bytes) -> tuple[np.ndarray, dict | None] | DecodeError:
@@ -336,6 +268,7 @@ class TensorFlowDetector:
             pass
         self.tf = tf
         self.meta = read_metadata(self.version_dir)
+        self.box_factor = box_factor(self.meta)
         self.serve = tf.saved_model.load(str(self.version_dir / "model.savedmodel")).signatures["serving_default"]
         gpus = tf.config.list_logical_devices("GPU")
         self.description = f"TensorFlow {tf.__version__} SavedModel on {'GPU' if gpus and device != 'cpu' else 'CPU'}, intra {intra}"
@@ -363,8 +296,18 @@ class TensorFlowDetector:
             boxes, scores, labels, counts = out
             for j, i in enumerate(idx):
                 n = int(counts[j])
-                results[i] = {"boxes": boxes[j, :n], "scores": scores[j, :n], "labels": [v.decode() for v in labels[j, :n]]}
+                # The graph clipped to the pixels it decoded (no EXIF turn): the file's stored size.
+                wh = _stored_size(files[i]) if self.box_factor != 1.0 else (0, 0)
+                results[i] = {"boxes": scale_boxes(boxes[j, :n], self.box_factor, wh), "scores": scores[j, :n],
+                              "labels": [v.decode() for v in labels[j, :n]]}
         return results
+
+
+def _stored_size(data: bytes) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return im.size
 
 
 def short_tf_error(err: Exception) -> str:

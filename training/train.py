@@ -149,8 +149,8 @@ def train(args: argparse.Namespace) -> Path | None:
     detector.set_calibration(calibration)
     val_metrics = None
     if val_s:
-        val_metrics = evaluate_detector(detector, val_s, ds.class_names,
-                                        threshold=(crossval or {}).get("operating_threshold"))
+        val_metrics = evaluate_detector(detector, val_s, ds.class_names, threshold=(crossval or {}).get("operating_threshold"),
+                                        box_factor=float(((crossval or {}).get("box_scale") or {}).get("factor", 1.0)))
         print(format_markdown(val_metrics, "Validation metrics (held-out block)"), flush=True)
     if args.no_export:
         return None
@@ -173,8 +173,8 @@ def train(args: argparse.Namespace) -> Path | None:
         "score_floor_raw": float(detector.score_floor.numpy()),
     }
     if crossval:
-        metadata.update({k: crossval[k] for k in ("crossval", "calibration", "operating_precision", "operating_recall")
-                         if k in crossval})
+        metadata.update({k: crossval[k] for k in ("crossval", "calibration", "box_scale", "operating_precision",
+                                                  "operating_recall") if k in crossval})
     add_files = None
     if not args.no_openvino:
         from training.openvino_export import add_openvino

@@ -27,6 +27,8 @@ RUNTIME_FILES: dict[str, Path] = {
     "model.py": REPO_ROOT / "training" / "triton_model.py",
     "detector_runtime.py": REPO_ROOT / "training" / "serving_runtime.py",
     "version_manifest.py": REPO_ROOT / "training" / "version_manifest.py",
+    # Top-k, NMS, score calibration and box scale (from version 7; earlier ones hold them in their runtime).
+    "detections.py": REPO_ROOT / "training" / "detections.py",
     # The monitoring statistics the runtime computes from its decoded pixels (IMAGE_STATS).
     "image_features.py": REPO_ROOT / "services" / "common" / "image_features.py",
 }

@@ -15,11 +15,14 @@ from services.common.config import REPO_ROOT
 SHIPPED = triton_variants.MODEL_DIR
 
 
-def test_variant_words_are_instances_x_threads_x_streams():
-    assert triton_variants.parse_variants(["2x1", "1x2", "1x2x1", "1x2p"]) == [
-        ("2x1", 2, 1, None, False), ("1x2", 1, 2, None, False), ("1x2x1", 1, 2, 1, False), ("1x2p", 1, 2, None, True)]
-    assert [name for name, *_ in triton_variants.parse_variants([])] == ["2x2", "1x2", "2x1"]
-    for bad in ("2x", "0x1", "two", "1x2x0", "1x2q"):
+def test_variant_words_are_instances_x_threads_x_streams_then_batching():
+    Variant = triton_variants.Variant
+    assert triton_variants.parse_variants(["2x1", "1x2", "1x2x1", "1x2p", "2x1/max8", "2x1p/max8/pref4+8", "2x1/pref1"]) == [
+        Variant("2x1", 2, 1), Variant("1x2", 1, 2), Variant("1x2x1", 1, 2, 1), Variant("1x2p", 1, 2, pinned=True),
+        Variant("2x1/max8", 2, 1, max_batch=8), Variant("2x1p/max8/pref4+8", 2, 1, pinned=True, max_batch=8, preferred=(4, 8)),
+        Variant("2x1/pref1", 2, 1, preferred=(1,))]
+    assert [variant.name for variant in triton_variants.parse_variants([])] == ["2x2", "1x2", "2x1"]
+    for bad in ("2x", "0x1", "two", "1x2x0", "1x2q", "2x1/max0", "2x1/pref", "2x1/pref4+", "2x1/pref4/max8"):
         with pytest.raises(SystemExit, match="expected NxT"):
             triton_variants.parse_variants([bad])
 
@@ -38,6 +41,13 @@ def test_a_variant_repository_differs_from_the_shipped_one_in_instances_threads_
     pinned = triton_variants.variant_repository("1x2p", 1, 2, tmp_path, pinned=True) / "car_detector" / "config.pbtxt"
     assert 'key: "OPENVINO_CPU_PINNING" value: { string_value: "true" }' in pinned.read_text()
     assert 'key: "OPENVINO_CPU_PINNING" value: { string_value: "false" }' in (model / "config.pbtxt").read_text()
+    # Batching: the largest compiled batch and the preferred sizes, in a directory of its own.
+    batching = triton_variants.variant_repository("2x1/max8/pref4+8", 2, 1, tmp_path, max_batch=8, preferred=(4, 8))
+    assert batching.parent == tmp_path and batching.name == "2x1-max8-pref4+8"
+    text = (batching / "car_detector" / "config.pbtxt").read_text()
+    assert 'key: "OPENVINO_MAX_BATCH" value: { string_value: "8" }' in text and "preferred_batch_size: [ 4, 8 ]" in text
+    assert 'OPENVINO_MAX_BATCH" value: { string_value: "4" }' in (model / "config.pbtxt").read_text()
+    assert "preferred_batch_size: [ 1 ]" in (model / "config.pbtxt").read_text()
     # Every version is the shipped one itself (a link), not a copy that could drift.
     versions = sorted(p.name for p in SHIPPED.iterdir() if p.name.isdigit())
     assert versions and all((model / v).is_symlink() and (model / v).resolve() == (SHIPPED / v).resolve() for v in versions)

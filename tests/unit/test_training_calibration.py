@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.calibration import apply_temperature, fit_calibration, invert_temperature, matched_scores, reliability
+from training.calibration import (apply_temperature, fit_box_scale, fit_calibration, invert_temperature, matched_scores, reliability,
+                                  scale_results)
 from training.metrics import ImageResult, evaluate
 from training.openvino_export import int8_gate
-from training.serving_runtime import calibrate, raw_floor
+from training.detections import calibrate, raw_floor, scale_boxes
 
 
 def _detections(seed: int = 0, n_images: int = 120) -> list[ImageResult]:
@@ -122,3 +123,31 @@ def test_the_served_versions_own_map_leaves_ap_unchanged() -> None:
     raw = evaluate(results, ["car"], 0.5)
     served_scores = evaluate(_calibrated(results, lambda s: calibrate(s, record)), ["car"], 0.5)
     assert served_scores["ap50"] == raw["ap50"] and served_scores["ap50_95"] == raw["ap50_95"], (raw, served_scores)
+
+
+def _shrunk(results: list[ImageResult], factor: float) -> list[ImageResult]:
+    """The same detections with every box shrunk about its centre (the network's bias)."""
+    return scale_results(results, factor)
+
+
+def test_box_scale_undoes_boxes_that_come_out_small_and_is_fitted_without_the_block_it_scores() -> None:
+    blocks = [_shrunk(_detections(seed), 0.93) for seed in range(3)]
+    record = fit_box_scale(blocks, 1)
+    # 1 / 0.93 = 1.075: the grid's nearest factors win, on all blocks and without each one.
+    assert record["factor"] in (1.07, 1.08) and all(f in (1.07, 1.08) for f in record["held_out_factors"])
+    curve = record["ap50_95_by_factor"]
+    assert curve[f"{record['factor']:.2f}"] > curve["1.00"] + 0.05
+    pooled = [r for block in blocks for r in block]
+    before, after = evaluate(pooled, ["car"], 0.5), evaluate(scale_results(pooled, record["factor"]), ["car"], 0.5)
+    assert after["ap50_95"] > before["ap50_95"] + 0.05 and after["ap50"] >= before["ap50"]
+    # Boxes already right: no widening.
+    assert fit_box_scale([_detections(seed) for seed in range(3)], 1)["factor"] <= 1.01
+
+
+def test_scaled_boxes_keep_their_centres_and_stay_inside_the_image() -> None:
+    boxes = np.array([[10, 20, 50, 40], [0, 0, 30, 10], [600, 300, 640, 360]], np.float32)
+    out = scale_boxes(boxes, 1.1, (640, 360))
+    np.testing.assert_allclose(out[0], [8, 19, 52, 41], atol=1e-4)
+    assert (out[:, :2] >= 0).all() and (out[:, 2] <= 640).all() and (out[:, 3] <= 360).all()
+    np.testing.assert_allclose((out[0, :2] + out[0, 2:]) / 2, (boxes[0, :2] + boxes[0, 2:]) / 2)
+    assert scale_boxes(boxes, 1.0, (640, 360)) is boxes and scale_boxes(boxes[:0], 1.2, (640, 360)).shape == (0, 4)

@@ -51,6 +51,9 @@ def test_crossval_command_on_a_tiny_configuration(tmp_path: Path) -> None:
     assert cal["method"] == "temperature" and "ece_before" in cal and "ece_after" in cal
     assert len(cal["reliability"]["bin_edges"]) == len(cal["reliability"]["counts"]) + 1
     assert "operating_threshold" in summary and "operating_precision" in summary
+    box = summary["box_scale"]
+    assert 1.0 <= box["factor"] <= 1.15 and len(box["held_out_factors"]) == 3
+    assert set(box["unscaled"]) == {"ap50", "ap50_95", "worst_block_ap50"}
     assert (out / "crossval.md").read_text().startswith("# Cross-validation (3 contiguous blocks")
     assert (out / "ap_per_block.png").stat().st_size > 1000 and (out / "reliability.png").stat().st_size > 1000
     assert len(summary["out_of_fold"]) == 3

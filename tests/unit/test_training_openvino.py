@@ -219,3 +219,31 @@ def test_batch_decoded_in_parallel_keeps_each_file_in_place(frames: list[bytes])
         np.testing.assert_allclose(two["boxes"], one["boxes"], atol=0.5)
         np.testing.assert_allclose(two["scores"], one["scores"], atol=1e-3)
         assert two["image_stats"] == one["image_stats"] and two["image_stats"]["brightness"] > 0
+
+
+def test_the_box_scale_widens_the_same_boxes_in_both_runtimes(frames: list[bytes], copy_of_version: Path) -> None:
+    """The version's box scale (model_metadata.json, fitted out of fold) widens each box about
+    its centre after clipping, clipped again: the same map on the OpenVINO and the TensorFlow path."""
+    import io
+
+    from PIL import Image
+
+    from training import serving_runtime as rt
+    from training.detections import scale_boxes
+
+    copies = {}
+    for factor in (1.0, 1.06):
+        copy = copy_of_version.with_name(f"factor-{factor}")
+        shutil.copytree(copy_of_version, copy)
+        meta = json.loads((copy / "model_metadata.json").read_text())
+        (copy / "model_metadata.json").write_text(json.dumps({**meta, "box_scale": {"factor": factor}}))
+        copies[factor] = (rt.OpenVinoDetector(copy, "fp32", verify=False), rt.TensorFlowDetector(copy, verify=False))
+    assert copies[1.06][0].box_factor == copies[1.06][1].box_factor == 1.06
+    sizes = [Image.open(io.BytesIO(data)).size for data in frames[:4]]
+    for plain, scaled in zip(copies[1.0], copies[1.06]):
+        widened = 0
+        for wh, a, b in zip(sizes, plain.detect(frames[:4]), scaled.detect(frames[:4])):
+            np.testing.assert_array_equal(a["scores"], b["scores"])
+            np.testing.assert_allclose(b["boxes"], scale_boxes(np.asarray(a["boxes"], np.float32), 1.06, wh), atol=0.01)
+            widened += int(((b["boxes"][:, 2] - b["boxes"][:, 0]) > (a["boxes"][:, 2] - a["boxes"][:, 0])).sum())
+        assert widened >= 4, plain.backend

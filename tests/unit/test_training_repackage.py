@@ -55,3 +55,50 @@ def test_the_models_statistics_match_the_feature_services(name: str) -> None:
     assert set(from_model) == set(image_features.PIXEL)
     for key, value in from_model.items():
         assert value == pytest.approx(from_service[key], rel=0.03), key
+
+
+def _crossval_of(meta: dict, out: Path, **changes: object) -> Path:
+    """A crossval.json of the version's recipe (training.crossval's shape), with a report."""
+    size = meta["input_size"]
+    crossval = {**meta["crossval"], "input_size": [size["width"], size["height"]], "report": str(out / "crossval.md"),
+                "dataset_fingerprint": meta["dataset"]["fingerprint"], "pooled": {"ap50": 0.96, "ap50_95": 0.59}}
+    crossval.pop("plot", None)
+    crossval.update(changes)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "crossval.md").write_text("# Cross-validation (a new run)\n")
+    summary = {"crossval": crossval, "box_scale": {"factor": 1.06, "held_out_factors": [1.06] * 5},
+               "operating_precision": 0.92, "operating_recall": 0.95, "calibration": {"params": {"temperature": 9.0}}}
+    (out / "crossval.json").write_text(json.dumps(summary))
+    return out / "crossval.json"
+
+
+def test_repackage_takes_the_box_scale_and_figures_of_a_crossval_of_the_same_recipe(tmp_path: Path) -> None:
+    repository = tmp_path / "repository"
+    source = repository / "car_detector" / "1"
+    shutil.copytree(SERVED, source, ignore=shutil.ignore_patterns("__pycache__"))
+    old = json.loads((source / "model_metadata.json").read_text())
+    crossval = _crossval_of(old, tmp_path / "cv")
+    new = repackage(repository, 1, "box scale", crossval=crossval)
+    meta = json.loads((new / "model_metadata.json").read_text())
+    assert meta["box_scale"]["factor"] == 1.06 and meta["crossval"]["pooled"]["ap50_95"] == 0.59
+    assert (meta["operating_precision"], meta["operating_recall"]) == (0.92, 0.95)
+    # The SavedModel's graph holds the old calibration: it and the threshold stay.
+    assert meta["operating_threshold"] == old["operating_threshold"]
+    assert {k: v for k, v in meta["calibration"].items() if k != "plot"} == {k: v for k, v in old["calibration"].items() if k != "plot"}
+    assert meta["calibration"]["plot"].endswith("car_detector/2/reports/reliability.png")  # its own copy
+    assert (new / "reports" / "crossval.md").read_text() == "# Cross-validation (a new run)\n"
+    assert meta["crossval"]["report"].endswith("car_detector/2/reports/crossval.md")
+    serving_runtime.verify_manifest(new)
+    assert serving_runtime.load_detector(new, "openvino").box_factor == 1.06
+
+
+@pytest.mark.parametrize("change, message", [({"threshold": 0.2}, "raw threshold"),
+                                             ({"input_size": [640, 352]}, "another input size"),
+                                             ({"dataset_fingerprint": "other"}, "another input size or dataset")])
+def test_repackage_refuses_a_crossval_of_something_else(tmp_path: Path, change: dict, message: str) -> None:
+    repository = tmp_path / "repository"
+    shutil.copytree(SERVED, repository / "car_detector" / "1", ignore=shutil.ignore_patterns("__pycache__"))
+    old = json.loads((repository / "car_detector" / "1" / "model_metadata.json").read_text())
+    with pytest.raises(ValueError, match=message):
+        repackage(repository, 1, "box scale", crossval=_crossval_of(old, tmp_path / "cv", **change))
+    assert not (repository / "car_detector" / "2").exists()
