@@ -116,6 +116,7 @@ def train(args: argparse.Namespace) -> Path | None:
         train_s, val_s = ordered, []
     log.info("train %s | validation %s", describe_split(train_s), describe_split(val_s))
 
+    from training.detections import box_factor
     from training.fit import Recipe, Trainer, cache_for, evaluate_detector
     from training.metrics import clean_nan, format_markdown
     from training.model import resolve_backbone_weights
@@ -150,7 +151,7 @@ def train(args: argparse.Namespace) -> Path | None:
     val_metrics = None
     if val_s:
         val_metrics = evaluate_detector(detector, val_s, ds.class_names, threshold=(crossval or {}).get("operating_threshold"),
-                                        box_factor=float(((crossval or {}).get("box_scale") or {}).get("factor", 1.0)))
+                                        box_factor=box_factor(crossval or {}))
         print(format_markdown(val_metrics, "Validation metrics (held-out block)"), flush=True)
     if args.no_export:
         return None

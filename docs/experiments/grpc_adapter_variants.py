@@ -110,18 +110,9 @@ def serve_aio(port: int) -> None:
     asyncio.run(main())
 
 
-def _bytes_elements(raw: bytes) -> list[str]:
-    """Triton's BYTES tensor wire format: each element a 4-byte little-endian length, then the bytes."""
-    elements, offset = [], 0
-    while offset < len(raw):
-        size = int.from_bytes(raw[offset:offset + 4], "little")
-        elements.append(raw[offset + 4:offset + 4 + size].decode())
-        offset += 4 + size
-    return elements
-
-
 def serve_raw(port: int) -> None:
     from tritonclient.grpc import service_pb2, service_pb2_grpc
+    from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
     stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(config.TRITON_GRPC_URL))
     outputs = [service_pb2.ModelInferRequest.InferRequestedOutputTensor(name=name) for name in ALL_OUTPUTS]
@@ -131,11 +122,12 @@ def serve_raw(port: int) -> None:
             infer = service_pb2.ModelInferRequest(model_name=config.TRITON_MODEL_NAME, id=request.request_id, outputs=outputs)
             tensor = infer.inputs.add(name=INPUT, datatype="BYTES")
             tensor.shape.extend([1, 1])
-            infer.raw_input_contents.append(len(request.image_data).to_bytes(4, "little") + request.image_data)
+            infer.raw_input_contents.append(serialize_byte_tensor(np.array([request.image_data], dtype=np.object_)).item())
             answer = stub.ModelInfer(infer, timeout=10)
             raw = {tensor.name: content for tensor, content in zip(answer.outputs, answer.raw_output_contents)}
             return _answer(request.request_id, np.frombuffer(raw["BOXES"], np.float32).reshape(-1, 4),
-                           np.frombuffer(raw["SCORES"], np.float32), _bytes_elements(raw["LABELS"]), answer.model_version)
+                           np.frombuffer(raw["SCORES"], np.float32),
+                           [label.decode() for label in deserialize_bytes_tensor(raw["LABELS"])], answer.model_version)
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     pb_grpc.add_ModelServingServicer_to_server(Proxy(), server)
@@ -152,10 +144,16 @@ def load(port: int, images: list[bytes], seconds: float) -> int:
     stub = pb_grpc.ModelServingStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
     answered, deadline, lock = [0], time.monotonic() + seconds, threading.Lock()
 
+    failures: list[grpc.RpcError] = []
+
     def client(first: int) -> None:
         index = first
         while time.monotonic() < deadline:
-            stub.Predict(pb.PredictionRequest(image_data=images[index % len(images)], request_id=f"exp-{first}-{index}"))
+            try:
+                stub.Predict(pb.PredictionRequest(image_data=images[index % len(images)], request_id=f"exp-{first}-{index}"))
+            except grpc.RpcError as error:
+                failures.append(error)
+                return
             index += CLIENTS
             with lock:
                 answered[0] += 1
@@ -165,6 +163,8 @@ def load(port: int, images: list[bytes], seconds: float) -> int:
         thread.start()
     for thread in threads:
         thread.join()
+    if failures:  # a variant that fails is not a measurement
+        raise SystemExit(f"port {port}: {failures[0].code()}: {failures[0].details()}")
     return answered[0]
 
 
