@@ -40,9 +40,9 @@ def scale_results(results: list, factor: float) -> list:
 
 
 def _ap50_95(results: list, num_classes: int) -> float:
-    from training.metrics import IOU_THRESHOLDS, average_precision, match_detections
+    from training.metrics import IOU_THRESHOLDS, average_precision, match_detections_at
 
-    aps = [average_precision(*match_detections(results, c, float(t), "all")) for c in range(num_classes) for t in IOU_THRESHOLDS]
+    aps = [average_precision(*m) for c in range(num_classes) for m in match_detections_at(results, c, IOU_THRESHOLDS)]
     return float(np.nanmean(aps))
 
 

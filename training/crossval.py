@@ -31,7 +31,7 @@ import numpy as np
 
 from services.common import config
 from training import REPO_ROOT
-from training.cli import parse_size, run_command
+from training.cli import add_recipe_arguments, recipe_from, run_command
 from training.data import load_dataset, make_blocks
 from training.samples import Sample
 
@@ -179,7 +179,7 @@ def format_markdown(summary: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from training.fit import Recipe, Trainer, cache_for, predict_files
+    from training.fit import Trainer, cache_for, predict_files
     from training.model import resolve_backbone_weights
 
     ds = load_dataset(args.data, args.layout)
@@ -187,9 +187,7 @@ def run(args: argparse.Namespace) -> dict:
     folds_idx = make_blocks(samples, args.k, args.gap_frames)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    recipe = Recipe(input_hw=args.input_size, budget_minutes=args.budget_minutes_per_fold, batch_size=args.batch_size,
-                    steps_per_epoch=args.steps_per_epoch, max_epochs=args.max_epochs,
-                    patch_hw=args.patch_size if args.patch_size and args.patch_size != args.input_size else None)
+    recipe = recipe_from(args, args.budget_minutes_per_fold)
     weights = resolve_backbone_weights(args.backbone_weights)
     cache = trainer = None
     folds = []
@@ -263,13 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--gap-frames", type=int, default=2)
     p.add_argument("--budget-minutes-per-fold", type=float, default=5.0)
-    p.add_argument("--input-size", type=parse_size, default=parse_size(config.INPUT_SIZE))
-    p.add_argument("--patch-size", type=parse_size, default=parse_size(config.PATCH_SIZE),
-                   help="training patch WIDTHxHEIGHT cut from the frame at the input scale")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--steps-per-epoch", type=int, default=0)
-    p.add_argument("--max-epochs", type=int, default=400)
-    p.add_argument("--backbone-weights", default=config.BACKBONE_WEIGHTS)
+    add_recipe_arguments(p)
     p.add_argument("--out", default=str(DEFAULT_OUT))
     p.add_argument("--resume", action="store_true", help="keep the folds already in --out")
     return p

@@ -6,6 +6,7 @@ against the served model. Boxes are x1, y1, x2, y2 in original image pixels.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,7 +74,15 @@ def match_detections(
     number of ground-truth boxes in the slice. Detections matched to a ground truth outside
     the slice, and unmatched detections whose own size is outside it, are ignored (COCO).
     """
-    all_scores, all_tp = [], []
+    return match_detections_at(results, class_id, (iou_thr,), slice_name)[0]
+
+
+def match_detections_at(
+    results: list[ImageResult], class_id: int, iou_thresholds: Sequence[float] | np.ndarray, slice_name: str = "all"
+) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """``match_detections`` at each IoU threshold, every image's IoUs computed once."""
+    scores: list[list[np.ndarray]] = [[] for _ in iou_thresholds]
+    tps: list[list[np.ndarray]] = [[] for _ in iou_thresholds]
     n_gt = 0
     for r in results:
         gsel = np.asarray(r.gt_labels) == class_id
@@ -86,26 +95,26 @@ def match_detections(
         order = np.argsort(-sc, kind="stable")
         det, sc = det[order], sc[order]
         ious = iou_matrix(det, gt) if len(gt) else np.zeros((len(det), 0))
-        taken = np.zeros(len(gt), bool)
+        best_iou = ious.max(axis=1) if len(gt) else np.zeros(len(det))
         det_in = _in_slice(det, slice_name, r.width)
-        for d in range(len(det)):
-            best, best_iou = -1, iou_thr
-            # Prefer an in-slice ground truth; fall back to an out-of-slice one (then ignored).
-            for g in np.argsort(-ious[d]) if len(gt) else []:
-                if ious[d, g] < best_iou:
-                    break
-                if not taken[g]:
-                    best = int(g)
-                    break
-            if best >= 0:
-                taken[best] = True
-                if gt_in[best]:
-                    all_scores.append(sc[d])
-                    all_tp.append(True)
-            elif det_in[d]:
-                all_scores.append(sc[d])
-                all_tp.append(False)
-    return np.array(all_scores, np.float64), np.array(all_tp, bool), n_gt
+        for k, thr in enumerate(iou_thresholds):
+            taken = np.zeros(len(gt), bool)
+            counted = det_in.copy()  # unmatched: a false positive if its own size is in the slice
+            tp = np.zeros(len(det), bool)
+            # Only a detection that overlaps some ground truth enough can match: loop over those alone.
+            for d in np.flatnonzero(best_iou >= thr):
+                # The best untaken ground truth over the threshold; an out-of-slice one makes it ignored.
+                for g in np.argsort(-ious[d]):
+                    if ious[d, g] < thr:
+                        break
+                    if not taken[g]:
+                        taken[g] = True
+                        tp[d], counted[d] = gt_in[g], gt_in[g]
+                        break
+            scores[k].append(sc[counted])
+            tps[k].append(tp[counted])
+    return [(np.concatenate(s) if s else np.zeros(0, np.float64), np.concatenate(t) if t else np.zeros(0, bool), n_gt)
+            for s, t in zip(scores, tps)]
 
 
 def average_precision(scores: np.ndarray, tp: np.ndarray, n_gt: int) -> float:
@@ -153,13 +162,10 @@ def choose_threshold(results: list[ImageResult], num_classes: int, grid_step: fl
     to a handful of boxes and lean towards recall, which this project prefers.
     """
     grid = np.round(np.arange(0.1, 0.91, grid_step), 3)
+    matched = [match_detections(results, c, 0.5) for c in range(num_classes)]
     mean_f1 = []
     for thr in grid:
-        vals = []
-        for c in range(num_classes):
-            s, tp, n = match_detections(results, c, 0.5)
-            if n:
-                vals.append(prf_at(s, tp, n, float(thr))["f1"])
+        vals = [prf_at(s, tp, n, float(thr))["f1"] for s, tp, n in matched if n]
         mean_f1.append(np.mean(vals) if vals else 0.0)
     f1s = np.array(mean_f1)
     best = f1s.max()
@@ -177,13 +183,11 @@ def evaluate(
         ap50s, ap_all, prfs = [], [], []
         n_gt_total = 0
         for c in range(len(class_names)):
-            aps = []
-            for t in IOU_THRESHOLDS:
-                s, tp, n = match_detections(results, c, float(t), slice_name)
-                aps.append(average_precision(s, tp, n))
-                if t == 0.5:
-                    prfs.append(prf_at(s, tp, n, threshold))
-                    n_gt_total += n
+            matched = match_detections_at(results, c, IOU_THRESHOLDS, slice_name)
+            aps = [average_precision(s, tp, n) for s, tp, n in matched]
+            s, tp, n = matched[0]  # IoU 0.5
+            prfs.append(prf_at(s, tp, n, threshold))
+            n_gt_total += n
             if not np.isnan(aps[0]):
                 ap50s.append(aps[0])
                 ap_all.append(float(np.nanmean(aps)))

@@ -45,7 +45,10 @@ def crossval_fields(path: Path, old: dict) -> dict:
                          "its precision and recall would not be the served ones")
     if "box_scale" not in summary:
         raise ValueError(f"{path} has no box scale (a cross-validation from before version 7's runtime)")
-    return {key: summary[key] for key in ("crossval", "box_scale", "operating_precision", "operating_recall")}
+    fields = {key: summary[key] for key in ("crossval", "box_scale", "operating_precision", "operating_recall")}
+    # Its own score map put that raw threshold at another calibrated value; the version serves the old map.
+    fields["crossval"] = {**cv, "threshold_calibrated": old.get("operating_threshold")}
+    return fields
 
 
 def repackage(repository: Path, source_version: int, reason: str, version: int | None = None,

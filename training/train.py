@@ -25,7 +25,7 @@ from pathlib import Path
 
 from services.common import config
 from training import REPO_ROOT
-from training.cli import parse_size, run_command
+from training.cli import add_recipe_arguments, recipe_from, run_command
 from training.data import load_dataset, split_contiguous
 from training.samples import DataError, Dataset, Sample
 
@@ -37,28 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=config.DATA_DIR, help="dataset folder (env DATA_DIR)")
     p.add_argument("--layout", default="auto", choices=["auto", "kaggle", "yolo", "coco"])
-    p.add_argument("--backbone-weights", default=config.BACKBONE_WEIGHTS,
-                   help="imagenet (offline file under ../shared/weights or $KERAS_HOME/models, else download), none, or a .h5 path")
+    add_recipe_arguments(p)
     p.add_argument("--init-from", default=config.INIT_FROM, metavar="VERSION_DIR",
                    help="warm start from a previous version's weights (same input size and classes)")
     p.add_argument("--budget-minutes", type=float, default=config.TRAIN_BUDGET_MINUTES,
                    help="wall-clock budget of the training loop (the LR schedule is planned to end with it)")
     p.add_argument("--output", default=config.MODEL_REPOSITORY, help="Triton model repository root")
     p.add_argument("--version", type=int, default=None, help="version number to (re)write; default max+1")
-    p.add_argument("--input-size", type=parse_size, default=parse_size(config.INPUT_SIZE),
-                   help="network input WIDTHxHEIGHT (multiples of 32); keep the frames' aspect")
-    p.add_argument("--patch-size", type=parse_size, default=parse_size(config.PATCH_SIZE),
-                   help="training patch WIDTHxHEIGHT cut from the augmented frame (= input size: whole frames)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-epochs", type=int, default=400)
-    p.add_argument("--lr", type=float, default=config.TRAIN_LR)
     p.add_argument("--val-fraction", type=float, default=0.0,
                    help="hold out a contiguous block for a validation report (0 = train on all frames)")
     p.add_argument("--val-position", type=float, default=1.0, help="where that block starts (0 = first, 1 = last frames)")
-    p.add_argument("--positive-oversample", type=float, default=2.0,
-                   help="how often images with objects are drawn relative to empty ones")
-    p.add_argument("--steps-per-epoch", type=int, default=0, help="0 = one pass over the training images")
-    p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--crossval", default=config.CROSSVAL_REPORT,
                    help="training.crossval's crossval.json: figures, calibration and threshold for the metadata")
     p.add_argument("--load-weights", default="", metavar="PATH",
@@ -117,16 +105,11 @@ def train(args: argparse.Namespace) -> Path | None:
     log.info("train %s | validation %s", describe_split(train_s), describe_split(val_s))
 
     from training.detections import box_factor
-    from training.fit import Recipe, Trainer, cache_for, evaluate_detector
+    from training.fit import Trainer, cache_for, evaluate_detector
     from training.metrics import clean_nan, format_markdown
     from training.model import resolve_backbone_weights
 
-    patch = args.patch_size if args.patch_size != args.input_size else None
-    if patch and (patch[0] > args.input_size[0] or patch[1] > args.input_size[1]):
-        patch = None
-    recipe = Recipe(input_hw=args.input_size, patch_hw=patch, batch_size=args.batch_size, lr=args.lr,
-                    budget_minutes=args.budget_minutes, max_epochs=args.max_epochs,
-                    steps_per_epoch=args.steps_per_epoch, positive_oversample=args.positive_oversample, seed=args.seed)
+    recipe = recipe_from(args, args.budget_minutes)
     cache = cache_for(train_s, recipe.input_hw)
     log.info("cached %d training images (%.0f MB)", len(cache.samples), cache.images.nbytes / 1e6)
     weights = None if args.init_from else resolve_backbone_weights(args.backbone_weights)

@@ -28,6 +28,25 @@ def test_blocks_are_contiguous_cover_everything_and_keep_a_gap(tmp_path: Path) -
         make_blocks(samples[:6], 5, 2)
 
 
+def test_train_and_crossval_read_the_same_recipe_from_the_same_arguments() -> None:
+    """What crossval measures is what train ships: one set of recipe arguments, one Recipe."""
+    from training import crossval, train
+    from training.cli import recipe_from
+
+    recipe_args = ["--input-size", "640x352", "--patch-size", "320x192", "--zoom", "0.45-1.6", "--positive-oversample", "1.5",
+                   "--lr", "0.001", "--seed", "7"]
+    from_train = recipe_from(train.build_parser().parse_args(recipe_args), 25.0)
+    from_crossval = recipe_from(crossval.build_parser().parse_args(recipe_args), 25.0)
+    assert from_train == from_crossval
+    assert (from_train.augment.min_scale, from_train.augment.max_scale, from_train.positive_oversample) == (0.45, 1.6, 1.5)
+    assert from_train.input_hw == (352, 640) and from_train.patch_hw == (192, 320)
+    default = recipe_from(crossval.build_parser().parse_args([]), 10.0)
+    assert (default.augment.min_scale, default.augment.max_scale, default.positive_oversample) == (0.6, 1.8, 2.0)
+    for bad in ("1.8-0.6", "0-1", "x"):
+        with pytest.raises(SystemExit):
+            crossval.build_parser().parse_args(["--zoom", bad])
+
+
 def test_crossval_command_on_a_tiny_configuration(tmp_path: Path) -> None:
     pytest.importorskip("tensorflow")
     from training.crossval import main
@@ -37,10 +56,12 @@ def test_crossval_command_on_a_tiny_configuration(tmp_path: Path) -> None:
     data = make_kaggle(tmp_path / "data", frames, boxes)
     out = tmp_path / "cv"
     rc = main([str(data), "--k", "3", "--input-size", "64x64", "--patch-size", "64x64", "--batch-size", "2",
-               "--steps-per-epoch", "1", "--max-epochs", "1", "--backbone-weights", "none", "--out", str(out)])
+               "--steps-per-epoch", "1", "--max-epochs", "1", "--backbone-weights", "none", "--zoom", "0.45-1.6",
+               "--out", str(out)])
     assert rc == 0
     summary = json.loads((out / "crossval.json").read_text())
     cv, cal = summary["crossval"], summary["calibration"]
+    assert (cv["recipe"]["augment"]["min_scale"], cv["recipe"]["augment"]["max_scale"]) == (0.45, 1.6)
     assert cv["k"] == 3 and cv["gap_frames"] == 2 and cv["input_size"] == [64, 64]
     assert [b["block"] for b in cv["blocks"]] == [0, 1, 2]
     assert sum(b["images"] for b in cv["blocks"]) == len(frames)

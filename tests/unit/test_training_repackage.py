@@ -63,7 +63,7 @@ def _crossval_of(meta: dict, out: Path, **changes: object) -> Path:
     crossval = {**meta["crossval"], "input_size": [size["width"], size["height"]], "report": str(out / "crossval.md"),
                 "dataset_fingerprint": meta["dataset"]["fingerprint"], "pooled": {"ap50": 0.96, "ap50_95": 0.59}}
     crossval.pop("plot", None)
-    crossval.update(changes)
+    crossval.update({"threshold_calibrated": 0.3, **changes})  # the run's own map puts it elsewhere
     out.mkdir(parents=True, exist_ok=True)
     (out / "crossval.md").write_text("# Cross-validation (a new run)\n")
     summary = {"crossval": crossval, "box_scale": {"factor": 1.06, "held_out_factors": [1.06] * 5},
@@ -84,6 +84,7 @@ def test_repackage_takes_the_box_scale_and_figures_of_a_crossval_of_the_same_rec
     assert (meta["operating_precision"], meta["operating_recall"]) == (0.92, 0.95)
     # The SavedModel's graph holds the old calibration: it and the threshold stay.
     assert meta["operating_threshold"] == old["operating_threshold"]
+    assert meta["crossval"]["threshold_calibrated"] == old["operating_threshold"]
     assert {k: v for k, v in meta["calibration"].items() if k != "plot"} == {k: v for k, v in old["calibration"].items() if k != "plot"}
     assert meta["calibration"]["plot"].endswith("car_detector/2/reports/reliability.png")  # its own copy
     assert (new / "reports" / "crossval.md").read_text() == "# Cross-validation (a new run)\n"
