@@ -73,12 +73,12 @@ def main() -> int:
     for g in EXPONENTS:
         f = max((key for key in pooled if key[1] == g), key=lambda key: pooled[key])[0]
         print(f"| {g:.3f} | {f:.2f} | {pooled[(f, g)]:.4f} |")
+    without = [grid([r for j, block in enumerate(blocks) if j != i for r in block], n) for i in range(len(blocks))]
     for label, exponents in (("factor alone", (0.0,)), ("factor and size exponent", EXPONENTS)):
         held = []
-        for i in range(len(blocks)):
-            rest = grid([r for j, block in enumerate(blocks) if j != i for r in block], n)
+        for block, rest in zip(blocks, without):
             best = max((key for key in rest if key[1] in exponents), key=lambda key: (rest[key], -key[1], -key[0]))
-            held.append((best, scaled(blocks[i], *best)))
+            held.append((best, scaled(block, *best)))
         m = evaluate([r for _, block in held for r in block], ds.class_names, cv["threshold"])
         fits = ", ".join(f"{f:.2f}^{g:.3f}" for (f, g), _ in held)
         print(f"{label}, leave one block out ({fits}): pooled AP50 {m['ap50']:.3f}, AP50-95 {m['ap50_95']:.3f}")
