@@ -247,3 +247,42 @@ def test_the_box_scale_widens_the_same_boxes_in_both_runtimes(frames: list[bytes
             np.testing.assert_allclose(b["boxes"], scale_boxes(np.asarray(a["boxes"], np.float32), 1.06, wh), atol=0.01)
             widened += int(((b["boxes"][:, 2] - b["boxes"][:, 0]) > (a["boxes"][:, 2] - a["boxes"][:, 0])).sum())
         assert widened >= 4, plain.backend
+
+
+def test_the_int8_ir_resized_in_uint8_gives_the_same_outputs(frames: list[bytes]) -> None:
+    """The exporter moves the INT8 IR's input resize before the uint8 -> float conversion: the
+    served INT8 IR, so rewritten, answers what it answers as stored, on frames of three sizes."""
+    import io
+
+    import openvino as ov
+    from PIL import Image
+
+    from training.openvino_export import resize_in_uint8
+    from training.serving_runtime import decode_image
+
+    xml = _version_with_ir() / "openvino" / "model_int8.xml"
+    if not xml.is_file():
+        pytest.skip("the latest version has no INT8 IR")
+    core = ov.Core()
+    stored, rewritten = core.read_model(str(xml)), resize_in_uint8(core.read_model(str(xml)))
+    opening = [op.get_type_name() for op in rewritten.get_ordered_ops() if op.get_type_name() != "Constant"][:3]
+    assert opening == ["Parameter", "Interpolate", "Convert"]
+    assert rewritten.inputs[0].get_element_type() == ov.Type.u8
+    compiled = [core.compile_model(m, "CPU", {"INFERENCE_NUM_THREADS": 1}) for m in (stored, rewritten)]
+    big = Image.open(io.BytesIO(frames[0])).convert("RGB")
+    images = [decode_image(d) for d in frames[:4]] + [np.asarray(big.resize(s)) for s in ((1280, 720), (320, 180))]
+    for image in images:
+        a, b = (c(image[None]) for c in compiled)
+        for name in ("heat", "boxes"):
+            np.testing.assert_allclose(a[name], b[name], atol=1e-4, err_msg=f"{name} at {image.shape}")
+
+
+def test_a_model_without_the_resize_opening_is_left_as_it_is() -> None:
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from training.openvino_export import resize_in_uint8
+
+    image = ops.parameter([1, 8, 8, 3], ov.Type.f32)
+    model = ov.Model([ops.relu(image)], [image])
+    assert [op.get_type_name() for op in resize_in_uint8(model).get_ordered_ops()] == ["Parameter", "Relu", "Result"]
