@@ -214,3 +214,23 @@ def headers(role: str, **extra: str) -> dict[str, str]:
 def frame(name: str = "vid_4_1000.jpg") -> bytes:
     """A real frame of the dataset (vid_4_1000 holds one car)."""
     return (DATA_DIR / "training_images" / name).read_bytes()
+
+
+def ir_opening(xml: Path) -> list[str]:
+    """The first three operations of an OpenVINO IR, constants aside."""
+    import openvino as ov
+
+    ops = ov.Core().read_model(str(xml)).get_ordered_ops()
+    return [op.get_type_name() for op in ops if op.get_type_name() != "Constant"][:3]
+
+
+def version_resizing_in_float() -> Path:
+    """The newest stored version whose INT8 IR converts the frame to float before resizing it
+    (as every export before the uint8 resize did): the real subject for that rewrite."""
+    versions = sorted((p for p in (REPO_ROOT / "model_repository" / "car_detector").iterdir() if p.name.isdigit()),
+                      key=lambda p: -int(p.name))
+    for version in versions:
+        xml = version / "openvino" / "model_int8.xml"
+        if xml.is_file() and ir_opening(xml) == ["Parameter", "Convert", "Interpolate"]:
+            return version
+    raise LookupError("no stored version has an INT8 IR that resizes in float")

@@ -85,6 +85,38 @@ def resize_in_uint8(ov_model):  # type: ignore[no-untyped-def]
     return ov_model
 
 
+def rewrite_verified(xml: Path, images: list[np.ndarray], rewrite=resize_in_uint8, atol: float = 1e-4) -> bool:  # type: ignore[no-untyped-def]
+    """Rewrite the IR at ``xml`` in place with ``rewrite`` if that changes its graph, once the
+    rewritten model has given the same outputs as the stored one on every image (uint8 [H, W, 3]);
+    ValueError naming the output and the image size otherwise, and the IR is left as it was.
+    Returns whether it was rewritten."""
+    import openvino as ov
+
+    def ops(model):  # type: ignore[no-untyped-def]
+        return [(op.get_type_name(), str(op.get_output_element_type(0))) for op in model.get_ordered_ops()]
+
+    core = ov.Core()
+    stored, candidate = core.read_model(str(xml)), rewrite(core.read_model(str(xml)))
+    if ops(stored) == ops(candidate):
+        return False
+    compiled = [core.compile_model(m, "CPU", {"INFERENCE_NUM_THREADS": 1}) for m in (stored, candidate)]
+    for image in images:
+        before, after = (c(image[None]) for c in compiled)
+        for out in stored.outputs:
+            name = out.get_any_name()
+            worst = float(np.abs(before[name] - after[name]).max())
+            if worst > atol:
+                raise ValueError(f"{xml.name}: rewritten, its {name!r} output differs by {worst:.4g} "
+                                 f"(> {atol}) on a {image.shape[1]}x{image.shape[0]} image; kept as stored")
+    xml = Path(xml)
+    new = xml.with_name(xml.stem + ".rewritten.xml")
+    # Written beside, then moved: OpenVINO maps the .bin it read, so it cannot overwrite it.
+    ov.save_model(candidate, str(new), compress_to_fp16=False)
+    os.replace(new, xml)
+    os.replace(new.with_suffix(".bin"), xml.with_suffix(".bin"))
+    return True
+
+
 def calibration_arrays(paths: list[Path], n: int = CALIBRATION_FRAMES) -> list[np.ndarray]:
     """Evenly spaced training frames, decoded as the server decodes them, batch of 1."""
     from training.serving_runtime import decode_image

@@ -1,6 +1,6 @@
 """A new version from an existing one's artefacts with this checkout's runtime files.
 
-    python -m training.repackage FROM [--version N] --reason "..." [--crossval CROSSVAL_JSON] [--triton HOST:PORT]
+    python -m training.repackage FROM [--version N] --reason "..." [--crossval CROSSVAL_JSON] [--rewrite-ir] [--triton HOST:PORT]
 
 The weights, the OpenVINO IR (with its quantisation), the reports and every measured figure
 (validation, cross-validation, calibration, gates) are the old version's, byte for byte; the
@@ -14,6 +14,11 @@ No TensorFlow, no training: a minute's work.
 input size and dataset) gives the new version its box scale and its cross-validated figures and
 report. The score calibration and the operating threshold stay the old version's: the
 SavedModel's graph holds that calibration, so the new run must have chosen the same raw threshold.
+
+``--rewrite-ir``: the INT8 IR also gets this checkout's exporter's lossless graph rewrites
+(`training.openvino_export.resize_in_uint8`), applied only once the rewritten IR has given the
+stored one's outputs on real frames of four sizes (`rewrite_verified`); otherwise nothing is
+written. Every measured figure still holds, since the network answers the same.
 """
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ from training.version_dir import RUNTIME_FILES, write_version_dir
 
 GENERATED = {"model_metadata.json", "manifest.json", *RUNTIME_FILES}
 SKIPPED_DIRS = {"__pycache__", ".ipynb_checkpoints"}
+WARMUP_FRAME = Path(config.MODEL_REPOSITORY) / MODEL_NAME / "warmup" / "car_frame.bin"
+CHECK_SIZES = ((1280, 720), (512, 288), (320, 180))
 OWN_FIELDS = ("model_name", "version", "exported_at", "git_commit", "repackaged_from")
 
 
@@ -51,8 +58,23 @@ def crossval_fields(path: Path, old: dict) -> dict:
     return fields
 
 
+def check_images() -> list:
+    """Frames for rewrite_verified: the warmup frame at its own size and three others, and up to
+    12 frames of the labelled data set where it is present."""
+    import numpy as np
+    from PIL import Image
+
+    from training.serving_runtime import decode_image
+
+    warmup = decode_image(WARMUP_FRAME.read_bytes()[4:])  # after the BYTES element's 4-byte length
+    images = [warmup] + [np.asarray(Image.fromarray(warmup).resize(size)) for size in CHECK_SIZES]
+    paths = sorted((Path(config.DATA_DIR) / "training_images").glob("*.jpg"))
+    pick = np.linspace(0, len(paths) - 1, min(12, len(paths))).round().astype(int) if paths else np.zeros(0, int)
+    return images + [decode_image(paths[i].read_bytes()) for i in pick]
+
+
 def repackage(repository: Path, source_version: int, reason: str, version: int | None = None,
-              crossval: Path | None = None) -> Path:
+              crossval: Path | None = None, rewrite_ir: bool = False) -> Path:
     """Write the new version directory; returns it."""
     source = Path(repository) / MODEL_NAME / str(source_version)
     if not (source / "model_metadata.json").is_file():
@@ -77,6 +99,12 @@ def repackage(repository: Path, source_version: int, reason: str, version: int |
             from training.openvino_export import keep_reports
 
             keep_reports(tmp, meta)  # the new run's report and plot replace the old ones
+        int8 = tmp / "openvino" / "model_int8.xml"
+        if rewrite_ir and int8.is_file():
+            from training.openvino_export import rewrite_verified
+
+            if rewrite_verified(int8, check_images()):
+                meta["repackaged_from"]["ir_rewrites"] = {"model_int8.xml": ["resize_in_uint8"]}
 
     return write_version_dir(Path(repository), metadata, fill, version=version)
 
@@ -88,12 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reason", required=True, help="why (recorded in the metadata and the registry)")
     parser.add_argument("--crossval", type=Path, default=None, metavar="CROSSVAL_JSON",
                         help="box scale and cross-validated figures from this cross-validation of the same recipe")
+    parser.add_argument("--rewrite-ir", action="store_true",
+                        help="apply the exporter's lossless rewrites to the INT8 IR, once verified on real frames")
     parser.add_argument("--repository", type=Path, default=Path(config.MODEL_REPOSITORY))
     parser.add_argument("--registry", default=None, metavar="PATH", help="model registry JSON (default: the project's)")
     parser.add_argument("--triton", default=None, metavar="HOST:PORT", help="reload the model on this Triton afterwards")
     args = parser.parse_args(argv)
     try:
-        vdir = repackage(args.repository, args.source, args.reason, args.version, args.crossval)
+        vdir = repackage(args.repository, args.source, args.reason, args.version, args.crossval, args.rewrite_ir)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

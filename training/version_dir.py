@@ -70,7 +70,11 @@ def write_version_dir(repository: Path, metadata: dict, fill: Callable[[Path, di
         shutil.rmtree(tmp)
     tmp.mkdir()
     meta = dict(metadata)
-    fill(tmp, meta)
+    try:
+        fill(tmp, meta)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left for Triton to find
+        raise
     for name, source in RUNTIME_FILES.items():
         shutil.copy2(source, tmp / name)
     meta.update({

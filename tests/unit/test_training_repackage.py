@@ -12,7 +12,7 @@ import pytest
 from services.common import image_features
 from services.common.images import check_image
 from services.common.image_features import extract_features
-from tests.conftest import REPO_ROOT, frame
+from tests.conftest import REPO_ROOT, frame, ir_opening, version_resizing_in_float
 from training import serving_runtime
 from training.repackage import repackage
 from training.version_dir import RUNTIME_FILES
@@ -103,3 +103,58 @@ def test_repackage_refuses_a_crossval_of_something_else(tmp_path: Path, change: 
     with pytest.raises(ValueError, match=message):
         repackage(repository, 1, "box scale", crossval=_crossval_of(old, tmp_path / "cv", **change))
     assert not (repository / "car_detector" / "2").exists()
+
+
+def test_repackage_rewrites_the_int8_ir_once_it_answers_the_same(tmp_path: Path) -> None:
+    """--rewrite-ir: a version whose INT8 IR resizes in float comes out resizing in uint8 (the
+    rewrite checked against the stored IR on real frames), every other artefact byte for byte."""
+    repository = tmp_path / "repository"
+    source = repository / "car_detector" / "1"
+    shutil.copytree(version_resizing_in_float(), source, ignore=shutil.ignore_patterns("__pycache__"))
+    new = repackage(repository, 1, "resize in uint8", rewrite_ir=True)
+    assert ir_opening(new / "openvino" / "model_int8.xml") == ["Parameter", "Interpolate", "Convert"]
+    rewritten = {Path("openvino/model_int8.xml"), Path("openvino/model_int8.bin")}
+    artefacts = [p.relative_to(source) for p in source.rglob("*") if p.is_file()
+                 and p.name not in ("model_metadata.json", "manifest.json", *RUNTIME_FILES)]
+    assert all(filecmp.cmp(source / a, new / a, shallow=False) for a in artefacts if a not in rewritten)
+    assert not filecmp.cmp(source / "openvino" / "model_int8.xml", new / "openvino" / "model_int8.xml", shallow=False)
+    assert not list((new / "openvino").glob("*.rewritten.*"))
+    meta = json.loads((new / "model_metadata.json").read_text())
+    assert meta["repackaged_from"]["ir_rewrites"] == {"model_int8.xml": ["resize_in_uint8"]}
+    serving_runtime.verify_manifest(new)  # the rewritten files are hashed as written
+    # Repackaged again, the IR has nothing left to rewrite: the same bytes, no rewrite recorded.
+    again = repackage(repository, 2, "nothing to rewrite", rewrite_ir=True)
+    assert filecmp.cmp(new / "openvino" / "model_int8.xml", again / "openvino" / "model_int8.xml", shallow=False)
+    assert "ir_rewrites" not in json.loads((again / "model_metadata.json").read_text())["repackaged_from"]
+
+
+def test_a_rewrite_that_changes_the_answers_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    import numpy as np
+    import openvino.opset13 as ops
+
+    from training.openvino_export import rewrite_verified
+
+    def lossy(model):  # type: ignore[no-untyped-def]
+        result = model.outputs[0].get_node()
+        result.input(0).replace_source_output(ops.add(result.input_value(0), ops.constant(np.float32(0.01))).output(0))
+        model.validate_nodes_and_infer_types()
+        return model
+
+    ir = tmp_path / "openvino"
+    shutil.copytree(version_resizing_in_float() / "openvino", ir)
+    before = {p.name: p.read_bytes() for p in ir.iterdir()}
+    with pytest.raises(ValueError, match=r"model_int8.xml: rewritten, its 'heat' output differs by 0.01 .* 676x380 image"):
+        rewrite_verified(ir / "model_int8.xml", [serving_runtime.decode_image(frame())], rewrite=lossy)
+    assert {p.name: p.read_bytes() for p in ir.iterdir()} == before
+
+
+def test_a_version_whose_filling_fails_leaves_nothing_behind(tmp_path: Path) -> None:
+    from training.version_dir import write_version_dir
+
+    def fill(tmp: Path, meta: dict) -> None:
+        (tmp / "half.bin").write_bytes(b"half")
+        raise ValueError("the export failed half way")
+
+    with pytest.raises(ValueError, match="half way"):
+        write_version_dir(tmp_path, {}, fill, version=3)
+    assert list((tmp_path / "car_detector").iterdir()) == []
