@@ -116,7 +116,7 @@ perf: setup
 model-cpu: setup
 	$(PY) loadtest/model_cpu.py $(ARGS)
 
-# Triton instances x threads per instance (NxT, NxTp pinned, /maxB /prefP+Q batching), one Triton per variant on its own ports
+# Triton instances x threads per instance (NxT, NxTp pinned, /maxB /prefP+Q batching, /vN another model version), one Triton per variant on its own ports
 # (VARIANTS_BASE_PORT), Triton direct measured interleaved; writes var/bench/triton_variants.json.
 VARIANTS ?= 2x2 1x2 2x1
 triton-variants: setup

@@ -7,8 +7,9 @@ shared out between S OpenVINO streams: by default the shipped number, at most T)
 trailing ``p`` for OpenVINO threads pinned to cores (from version 6; unpinned as shipped), and
 optionally the batching: ``/maxB`` for the largest batch OpenVINO compiles (OPENVINO_MAX_BATCH,
 from version 6) and ``/prefP+Q`` for dynamic batching's preferred sizes (``2x1/max8/pref4+8``),
-gets its own Triton process on its own ports, serving the same model version from a copy of
-config.pbtxt that differs only in those numbers (per-batch logging off in all). Triton direct over gRPC is then
+and last ``/vN`` to serve model version N instead of the pinned one (``2x1/v7 2x1``: two versions
+in the shipped configuration), gets its own Triton process on its own ports, serving the model
+from a copy of config.pbtxt that differs only in those numbers (per-batch logging off in all). Triton direct over gRPC is then
 measured at concurrency 1, 4 and 16 (BENCH_CONCURRENCY), interleaved round by round
 (BENCH_ROUNDS x BENCH_SECONDS, as loadtest/bench.py), and the resident memory of each
 variant's stub processes is reported after the load, with the CPU time of its Triton processes
@@ -47,10 +48,12 @@ def streams_for(intra: int, streams: int | None) -> int:
 
 
 def variant_repository(name: str, count: int, intra: int, root: Path, streams: int | None = None,
-                       pinned: bool = False, max_batch: int | None = None, preferred: tuple[int, ...] | None = None) -> Path:
+                       pinned: bool = False, max_batch: int | None = None, preferred: tuple[int, ...] | None = None,
+                       version: int | None = None) -> Path:
     """A model repository whose config differs from the shipped one in count, threads, streams,
-    pinning and batching only (streams: the shipped number, at most `intra`, unless given; the
-    largest compiled batch and the preferred batch sizes: the shipped ones unless given)."""
+    pinning, batching and served version only (streams: the shipped number, at most `intra`,
+    unless given; the largest compiled batch, the preferred batch sizes and the version: the
+    shipped ones unless given)."""
     model = root / name.replace("/", "-") / "car_detector"  # 2x1/max8 -> 2x1-max8
     if model.parent.exists():
         shutil.rmtree(model.parent)
@@ -68,6 +71,10 @@ def variant_repository(name: str, count: int, intra: int, root: Path, streams: i
     if preferred is not None:
         config = re.sub(r"preferred_batch_size: \[[^\]]*\]", f"preferred_batch_size: [ {', '.join(map(str, preferred))} ]",
                         config, count=1)
+    if version is not None:
+        if not (MODEL_DIR / str(version)).is_dir():
+            sys.exit(f"variant {name!r}: no model version {version} under {MODEL_DIR}")
+        config = re.sub(r"version_policy: \{.*\}", f"version_policy: {{ specific: {{ versions: [ {version} ] }} }}", config)
     (model / "config.pbtxt").write_text(config)
     for entry in MODEL_DIR.iterdir():
         if entry.name != "config.pbtxt":
@@ -101,13 +108,14 @@ class Variant(NamedTuple):
     pinned: bool = False
     max_batch: int | None = None  # None: the shipped OPENVINO_MAX_BATCH
     preferred: tuple[int, ...] | None = None  # None: the shipped preferred_batch_size
+    version: int | None = None  # None: the version config.pbtxt pins
 
 
-_VARIANT = re.compile(r"([1-9]\d*)x([1-9]\d*)(?:x([1-9]\d*))?(p?)(?:/max([1-9]\d*))?(?:/pref([1-9]\d*(?:\+[1-9]\d*)*))?")
+_VARIANT = re.compile(r"([1-9]\d*)x([1-9]\d*)(?:x([1-9]\d*))?(p?)(?:/max([1-9]\d*))?(?:/pref([1-9]\d*(?:\+[1-9]\d*)*))?(?:/v([1-9]\d*))?")
 
 
 def parse_variants(specs: list[str]) -> list[Variant]:
-    """`NxT` or `NxTxS` words, `p` for pinned threads, then optionally `/maxB` and `/prefP+Q`;
+    """`NxT` or `NxTxS` words, `p` for pinned threads, then optionally `/maxB`, `/prefP+Q` and `/vN`;
     a malformed word stops the run, saying why."""
     variants = []
     for spec in specs or ["2x2", "1x2", "2x1"]:
@@ -115,10 +123,12 @@ def parse_variants(specs: list[str]) -> list[Variant]:
         if not match:
             sys.exit(f"variant {spec!r}: expected NxT or NxTxS, e.g. 2x2 or 1x2x2 (N instances, T threads each, "
                      f"S OpenVINO streams), p at the end for pinned threads (1x2p), then optionally /maxB for the "
-                     f"largest compiled batch and /prefP+Q for the preferred batch sizes (2x1/max8/pref4+8)")
+                     f"largest compiled batch, /prefP+Q for the preferred batch sizes and /vN for a model "
+                     f"version (2x1/max8/pref4+8/v7)")
         variants.append(Variant(spec, int(match[1]), int(match[2]), int(match[3]) if match[3] else None, bool(match[4]),
                                 int(match[5]) if match[5] else None,
-                                tuple(int(size) for size in match[6].split("+")) if match[6] else None))
+                                tuple(int(size) for size in match[6].split("+")) if match[6] else None,
+                                int(match[7]) if match[7] else None))
     return variants
 
 
@@ -135,7 +145,7 @@ def main(argv: list[str]) -> int:
             port = BASE_PORT + 10 * index
             processes[variant.name] = start(variant_repository(variant.name, variant.instances, variant.threads, root,
                                                                variant.streams, variant.pinned, variant.max_batch,
-                                                               variant.preferred), port)
+                                                               variant.preferred, variant.version), port)
         for index, (name, *_) in enumerate(variants):
             port = BASE_PORT + 10 * index
             bench_paths.wait_answering(processes[name], f"http://127.0.0.1:{port}/v2/models/car_detector/ready",

@@ -1,6 +1,6 @@
 """The model's CPU per image with the served version's runtime against this checkout's.
 
-    python docs/experiments/runtime_decode_resize.py [--version N] [--rounds 4] [--frames 80]
+    python docs/experiments/runtime_decode_resize.py --version 7 [--rounds 4] [--frames 80]
 
 Three variants of the same network, one OpenVINO thread each, batches of 4 real frames (676 x 380
 JPEGs), interleaved round by round in one process; CPU time (`time.process_time`) per image of
@@ -18,7 +18,6 @@ installed the second variant decodes with Pillow, like the first.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -33,30 +32,25 @@ sys.path.insert(0, str(REPO))
 
 from services.common import config  # noqa: E402
 from training import serving_runtime  # noqa: E402
-from training.openvino_export import resize_in_uint8  # noqa: E402
+from training.openvino_export import rewrite_verified  # noqa: E402
+from training.repackage import check_images  # noqa: E402
 from training.triton_model import load_runtime  # noqa: E402
 
 MODEL_DIR = REPO / "model_repository" / "car_detector"
 
 
 def rewritten_copy(version_dir: Path, root: Path) -> Path:
-    """The version copied under root, its INT8 IR saved again with the resize on uint8."""
-    import openvino as ov
-
+    """The version copied under root, its INT8 IR rewritten as an export from this checkout
+    writes it (and checked to answer the same on 16 real frames)."""
     copy = root / version_dir.name
     shutil.copytree(version_dir, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    ir = copy / "openvino"
-    # Written beside, then moved: OpenVINO maps the .bin it read, so it cannot overwrite it.
-    ov.save_model(resize_in_uint8(ov.Core().read_model(str(ir / "model_int8.xml"))), str(ir / "new.xml"),
-                  compress_to_fp16=False)
-    os.replace(ir / "new.xml", ir / "model_int8.xml")
-    os.replace(ir / "new.bin", ir / "model_int8.bin")
+    rewrite_verified(copy / "openvino" / "model_int8.xml", check_images())
     return copy
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--version", type=int, default=None, help="default: the newest version with an INT8 IR")
+    parser.add_argument("--version", type=int, default=None, help="one exported before the uint8 resize (7); default: the newest with an INT8 IR")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--frames", type=int, default=80)
     args = parser.parse_args()

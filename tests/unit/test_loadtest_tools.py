@@ -17,12 +17,15 @@ SHIPPED = triton_variants.MODEL_DIR
 
 def test_variant_words_are_instances_x_threads_x_streams_then_batching():
     Variant = triton_variants.Variant
-    assert triton_variants.parse_variants(["2x1", "1x2", "1x2x1", "1x2p", "2x1/max8", "2x1p/max8/pref4+8", "2x1/pref1"]) == [
+    assert triton_variants.parse_variants(["2x1", "1x2", "1x2x1", "1x2p", "2x1/max8", "2x1p/max8/pref4+8", "2x1/pref1",
+                                           "2x1/v7", "1x2/max8/pref4/v12"]) == [
         Variant("2x1", 2, 1), Variant("1x2", 1, 2), Variant("1x2x1", 1, 2, 1), Variant("1x2p", 1, 2, pinned=True),
         Variant("2x1/max8", 2, 1, max_batch=8), Variant("2x1p/max8/pref4+8", 2, 1, pinned=True, max_batch=8, preferred=(4, 8)),
-        Variant("2x1/pref1", 2, 1, preferred=(1,))]
+        Variant("2x1/pref1", 2, 1, preferred=(1,)), Variant("2x1/v7", 2, 1, version=7),
+        Variant("1x2/max8/pref4/v12", 1, 2, max_batch=8, preferred=(4,), version=12)]
     assert [variant.name for variant in triton_variants.parse_variants([])] == ["2x2", "1x2", "2x1"]
-    for bad in ("2x", "0x1", "two", "1x2x0", "1x2q", "2x1/max0", "2x1/pref", "2x1/pref4+", "2x1/pref4/max8"):
+    for bad in ("2x", "0x1", "two", "1x2x0", "1x2q", "2x1/max0", "2x1/pref", "2x1/pref4+", "2x1/pref4/max8",
+                "2x1/v", "2x1/v0", "2x1/v7/max8"):
         with pytest.raises(SystemExit, match="expected NxT"):
             triton_variants.parse_variants([bad])
 
@@ -48,6 +51,14 @@ def test_a_variant_repository_differs_from_the_shipped_one_in_instances_threads_
     assert 'key: "OPENVINO_MAX_BATCH" value: { string_value: "8" }' in text and "preferred_batch_size: [ 4, 8 ]" in text
     assert 'OPENVINO_MAX_BATCH" value: { string_value: "4" }' in (model / "config.pbtxt").read_text()
     assert "preferred_batch_size: [ 1 ]" in (model / "config.pbtxt").read_text()
+    # Another version, and nothing else, with /vN; an absent one stops the run.
+    older = min(int(p.name) for p in SHIPPED.iterdir() if p.name.isdigit())
+    pinned_version = triton_variants.variant_repository(f"2x1/v{older}", 2, 1, tmp_path, version=older)
+    changed = [(a, b) for a, b in zip(shipped, (pinned_version / "car_detector" / "config.pbtxt").read_text().splitlines()) if a != b]
+    assert [b for _, b in changed if "version_policy" in b] == [f"version_policy: {{ specific: {{ versions: [ {older} ] }} }}"]
+    assert all("version_policy" in b or "LOG_BATCHES" in b or "THREADS" in b or "STREAMS" in b for _, b in changed)
+    with pytest.raises(SystemExit, match="no model version 999"):
+        triton_variants.variant_repository("2x1/v999", 2, 1, tmp_path, version=999)
     # Every version is the shipped one itself (a link), not a copy that could drift.
     versions = sorted(p.name for p in SHIPPED.iterdir() if p.name.isdigit())
     assert versions and all((model / v).is_symlink() and (model / v).resolve() == (SHIPPED / v).resolve() for v in versions)
