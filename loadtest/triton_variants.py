@@ -54,6 +54,8 @@ def variant_repository(name: str, count: int, intra: int, root: Path, streams: i
     pinning, batching and served version only (streams: the shipped number, at most `intra`,
     unless given; the largest compiled batch, the preferred batch sizes and the version: the
     shipped ones unless given)."""
+    if version is not None and not (MODEL_DIR / str(version)).is_dir():
+        sys.exit(f"variant {name!r}: no model version {version} under {MODEL_DIR}")
     model = root / name.replace("/", "-") / "car_detector"  # 2x1/max8 -> 2x1-max8
     if model.parent.exists():
         shutil.rmtree(model.parent)
@@ -72,8 +74,6 @@ def variant_repository(name: str, count: int, intra: int, root: Path, streams: i
         config = re.sub(r"preferred_batch_size: \[[^\]]*\]", f"preferred_batch_size: [ {', '.join(map(str, preferred))} ]",
                         config, count=1)
     if version is not None:
-        if not (MODEL_DIR / str(version)).is_dir():
-            sys.exit(f"variant {name!r}: no model version {version} under {MODEL_DIR}")
         config = re.sub(r"version_policy: \{.*\}", f"version_policy: {{ specific: {{ versions: [ {version} ] }} }}", config)
     (model / "config.pbtxt").write_text(config)
     for entry in MODEL_DIR.iterdir():

@@ -101,10 +101,10 @@ def repackage(repository: Path, source_version: int, reason: str, version: int |
             keep_reports(tmp, meta)  # the new run's report and plot replace the old ones
         int8 = tmp / "openvino" / "model_int8.xml"
         if rewrite_ir and int8.is_file():
-            from training.openvino_export import rewrite_verified
+            from training.openvino_export import resize_in_uint8, rewrite_verified
 
-            if rewrite_verified(int8, check_images()):
-                meta["repackaged_from"]["ir_rewrites"] = {"model_int8.xml": ["resize_in_uint8"]}
+            if rewrite_verified(int8, check_images(), resize_in_uint8):
+                meta["repackaged_from"]["ir_rewrites"] = {int8.name: [resize_in_uint8.__name__]}
 
     return write_version_dir(Path(repository), metadata, fill, version=version)
 
