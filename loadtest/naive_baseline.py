@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 from pathlib import Path
 
@@ -57,12 +56,10 @@ def savedmodel_predictor(version_dir: Path):  # type: ignore[no-untyped-def]
 
 
 def seed_predictor(version_dir: Path):  # type: ignore[no-untyped-def]
-    from training.model import build_model, decode
+    from training.model import decode, network_of_version
 
-    meta = json.loads((version_dir / "model_metadata.json").read_text())
+    model, meta = network_of_version(version_dir)
     height, width = int(meta["input_size"]["height"]), int(meta["input_size"]["width"])
-    model = build_model((height, width), len(meta["class_names"]))
-    tf.train.Checkpoint(model=model).read(str(version_dir / "model.savedmodel/variables/variables")).expect_partial()
 
     def run(data: bytes) -> tuple[list, list]:
         image = Image.open(io.BytesIO(data)).convert("RGB")

@@ -53,6 +53,8 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
                    help="how often images with objects are drawn relative to empty ones")
     p.add_argument("--zoom", type=parse_range, default=(0.6, 1.8), metavar="LOW-HIGH",
                    help="augmentation zoom range: below 1 zooms out (smaller cars), above 1 zooms in")
+    p.add_argument("--head-convs", type=int, default=1, choices=range(1, 5), metavar="{1..4}",
+                   help="separable 3x3 convolutions in each head (heat map, box distances)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--backbone-weights", default=config.BACKBONE_WEIGHTS,
                    help="imagenet (offline file under ../shared/weights or $KERAS_HOME/models, else download), none, or a .h5 path")
@@ -68,7 +70,7 @@ def recipe_from(args: argparse.Namespace, budget_minutes: float) -> Recipe:
         patch = None
     return Recipe(input_hw=args.input_size, patch_hw=patch, batch_size=args.batch_size, lr=args.lr,
                   budget_minutes=budget_minutes, max_epochs=args.max_epochs, steps_per_epoch=args.steps_per_epoch,
-                  positive_oversample=args.positive_oversample, seed=args.seed,
+                  positive_oversample=args.positive_oversample, head_convs=args.head_convs, seed=args.seed,
                   augment=AugmentConfig(min_scale=args.zoom[0], max_scale=args.zoom[1]))
 
 

@@ -39,6 +39,7 @@ class Recipe:
     max_epochs: int = 400
     steps_per_epoch: int = 0  # 0 = one pass over the training images
     positive_oversample: float = 2.0
+    head_convs: int = 1
     ema_decay: float = 0.998
     seed: int = 1234
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -133,7 +134,8 @@ class Trainer:
         self.tf, self.recipe, self.class_names = tf, recipe, class_names
         self.input_hw = recipe.input_hw
         self.out_hw = recipe.patch_hw or self.input_hw
-        self.model = build_model(self.input_hw, len(class_names), backbone_weights, any_size=self.out_hw != self.input_hw)
+        self.model = build_model(self.input_hw, len(class_names), backbone_weights,
+                                 any_size=self.out_hw != self.input_hw, head_convs=recipe.head_convs)
         if init_from:
             copy_weights_from_savedmodel(self.model, init_from)
         self.detector = Detector(self.model, self.input_hw, class_names)
@@ -168,7 +170,7 @@ class Trainer:
 
         if self.out_hw == self.input_hw:
             return self.detector
-        fixed = build_model(self.input_hw, len(self.class_names), None)
+        fixed = build_model(self.input_hw, len(self.class_names), None, head_convs=self.recipe.head_convs)
         fixed.set_weights(self.model.get_weights())
         return Detector(fixed, self.input_hw, self.class_names)
 

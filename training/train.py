@@ -142,7 +142,8 @@ def train(args: argparse.Namespace) -> Path | None:
     metadata = {
         "class_names": ds.class_names,
         "input_size": {"width": args.input_size[1], "height": args.input_size[0]},
-        "architecture": "MobileNetV2(alpha=1.0) + FPN(s8/16/32) + CenterNet/TTFNet head at stride 8",
+        "architecture": "MobileNetV2(alpha=1.0) + FPN(s8/16/32) + CenterNet/TTFNet head at stride 8"
+                        + (f" ({recipe.head_convs} convolutions per head)" if recipe.head_convs > 1 else ""),
         "dataset": {"path": str(Path(args.data).resolve()), "layout": ds.layout, "fingerprint": ds.fingerprint(),
                     "images": len(ds.samples), "boxes": ds.num_boxes, "skipped_problems": len(ds.problems),
                     "train": describe_split(train_s), "validation": describe_split(val_s)},

@@ -16,6 +16,9 @@ exactly the figures the issue judges, without training again:
   averaged with those of the mirrored frame, left and right distances swapped): 2x the CPU.
 - ``scale1.25``: the frame resized to 640x352 instead of 512x288 (the network is fully
   convolutional): 1.56x the CPU.
+- ``vote3`` / ``vote3sq``: each cell's box replaced by the average of the boxes of its 3x3
+  neighbourhood weighted by their heat (or its square) before the peaks are picked, so a peak's
+  box is voted by the cells around it (box voting; two pooling ops on the small grid).
 """
 
 from __future__ import annotations
@@ -30,7 +33,22 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = ("served", "nms0.5", "nms0.7", "peaks", "flip", "flip+nms0.5", "scale1.25")
+VARIANTS = ("served", "nms0.5", "nms0.7", "peaks", "flip", "flip+nms0.5", "scale1.25", "vote3", "vote3sq")
+
+
+def voted_ltrb(heat_logits, ltrb, power: float):  # type: ignore[no-untyped-def]
+    """ltrb distances whose boxes are the heat-weighted 3x3 average of the neighbours' boxes."""
+    import tensorflow as tf
+
+    from training.model import cell_centres
+
+    shape = tf.shape(ltrb)
+    centres = cell_centres(shape[1], shape[2])[None]
+    boxes = tf.concat([centres - ltrb[..., :2], centres + ltrb[..., 2:]], axis=-1)
+    w = tf.reduce_max(tf.sigmoid(heat_logits), axis=-1, keepdims=True) ** power
+    summed = tf.nn.avg_pool2d(boxes * w, 3, 1, "SAME")
+    voted = summed / tf.maximum(tf.nn.avg_pool2d(w, 3, 1, "SAME"), 1e-9)
+    return tf.concat([centres - voted[..., :2], voted[..., 2:] - centres], axis=-1)
 
 
 def network_outputs(model, data: list[bytes], input_hw: tuple[int, int], flip: bool):  # type: ignore[no-untyped-def]
@@ -70,6 +88,8 @@ def detections(model, paths: list[Path], variants: list[str], input_hw: tuple[in
             if key not in passes:
                 passes[key] = network_outputs(model, data, hw, flip=key[1])
             heat, ltrb, wh = passes[key]
+            if v.startswith("vote3"):
+                ltrb = voted_ltrb(heat, ltrb, 2.0 if v.endswith("sq") else 1.0)
             iou = {"nms0.5": 0.5, "flip+nms0.5": 0.5, "nms0.7": 0.7, "peaks": 1.0}.get(v, 0.6)
             scale = wh / np.array([hw[1], hw[0]], np.float32)
             res = decode(heat, ltrb, tf.constant(scale), tf.constant(wh), score_floor=SCORE_FLOOR, iou_threshold=iou)
@@ -101,7 +121,8 @@ def main() -> int:
         parser.error(f"{args.data} is not the dataset this cross-validation ran on (fingerprints differ)")
     samples = sorted(ds.samples, key=lambda s: s.sort_key)
     input_hw = (cv["input_size"][1], cv["input_size"][0])
-    model = build_model(input_hw, len(ds.class_names), None, any_size=True)
+    model = build_model(input_hw, len(ds.class_names), None, any_size=True,
+                        head_convs=cv.get("recipe", {}).get("head_convs", 1))
     variants = args.variants.split(",")
     folds: dict[str, list[dict]] = {v: [] for v in variants}
     for b in range(cv["k"]):

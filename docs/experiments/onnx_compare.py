@@ -55,15 +55,10 @@ def latest_version() -> Path:
 
 
 def rebuild_network(version_dir: Path) -> tuple[tf.keras.Model, tuple[int, int], list[str]]:
-    from training.model import build_model
+    from training.model import network_of_version
 
-    meta = json.loads((version_dir / "model_metadata.json").read_text())
-    hw = (int(meta["input_size"]["height"]), int(meta["input_size"]["width"]))
-    classes = list(meta["class_names"])
-    network = build_model(hw, len(classes))
-    # The SavedModel was written from export.Detector, whose `model` attribute is this network.
-    tf.train.Checkpoint(model=network).read(str(version_dir / "model.savedmodel/variables/variables")).expect_partial()
-    return network, hw, classes
+    network, meta = network_of_version(version_dir)
+    return network, (int(meta["input_size"]["height"]), int(meta["input_size"]["width"])), list(meta["class_names"])
 
 
 def check_same_as_savedmodel(network: tf.keras.Model, hw: tuple[int, int], classes: list[str],

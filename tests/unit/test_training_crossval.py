@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -91,3 +92,22 @@ def test_crossval_command_on_a_tiny_configuration(tmp_path: Path) -> None:
     assert any(d["scores"] for d in fold["detections"])
     for was, now in zip(fold["detections"], again):
         np.testing.assert_allclose(np.asarray(now["scores"]).round(5), was["scores"], atol=2e-5)
+
+
+def test_deeper_heads_add_convolutions_and_keep_the_first_ones_names() -> None:
+    """--head-convs 2: one more separable convolution in each head; the first keeps its name,
+    so a network of one convolution per head is the same model it always was."""
+    from training.cli import add_recipe_arguments, recipe_from
+    from training.model import build_model
+
+    one, two = (build_model((64, 64), 1, None, any_size=True, head_convs=n) for n in (1, 2))
+    names = {layer.name for layer in one.layers}
+    added = {layer.name for layer in two.layers} - names
+    assert {"hm_head_sep", "reg_head_sep"} <= names
+    assert added == {f"{head}2_{part}" for head in ("hm_head", "reg_head") for part in ("sep", "gn", "relu")}
+    assert two.count_params() > one.count_params()
+    parser = argparse.ArgumentParser()
+    add_recipe_arguments(parser)
+    assert recipe_from(parser.parse_args(["--head-convs", "2"]), 1.0).as_dict()["head_convs"] == 2
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--head-convs", "0"])
