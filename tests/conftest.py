@@ -227,10 +227,20 @@ def ir_opening(xml: Path) -> list[str]:
 def version_resizing_in_float() -> Path:
     """The newest stored version whose INT8 IR converts the frame to float before resizing it
     (as every export before the uint8 resize did): the real subject for that rewrite."""
+    return _newest_version_opening_with(["Parameter", "Convert", "Interpolate"], "resizes in float")
+
+
+def version_resizing_in_its_graph() -> Path:
+    """The newest stored version whose INT8 IR resizes the uint8 frame in its graph (versions up
+    to 8): the real subject for cutting that resize out (resize_outside)."""
+    return _newest_version_opening_with(["Parameter", "Interpolate", "Convert"], "resizes the uint8 frame")
+
+
+def _newest_version_opening_with(opening: list[str], what: str) -> Path:
     versions = sorted((p for p in (REPO_ROOT / "model_repository" / "car_detector").iterdir() if p.name.isdigit()),
                       key=lambda p: -int(p.name))
     for version in versions:
         xml = version / "openvino" / "model_int8.xml"
-        if xml.is_file() and ir_opening(xml) == ["Parameter", "Convert", "Interpolate"]:
+        if xml.is_file() and ir_opening(xml) == opening:
             return version
-    raise LookupError("no stored version has an INT8 IR that resizes in float")
+    raise LookupError(f"no stored version has an INT8 IR that {what}")

@@ -1,8 +1,9 @@
 """OpenVINO IR of the network (FP32, and INT8 by NNCF post-training quantisation) and the INT8 gate.
 
-The IR takes the decoded uint8 RGB batch at the frame's own size [B, H, W, 3] and does in its
-graph what the SavedModel does after decoding: the same bilinear resize to the input size, the
-network, the sigmoid, the 3x3 max-pool peak picking and the distances-to-box conversion.
+The IR takes the decoded uint8 RGB batch resized to the input size [B, h, w, 3] (by the runtime,
+serving_runtime.resize_frame: the SavedModel's bilinear resize; IRs up to version 8 resize in their
+graph, `resize_outside` cuts that opening) and does in its graph what the SavedModel does after
+resizing: the network, the sigmoid, the 3x3 max-pool peak picking and the distances-to-box conversion.
 Outputs, named in the IR: ``heat`` [B, h*w, C] (peak scores, 0 elsewhere) and ``boxes``
 [B, h*w, 4] (x1, y1, x2, y2 in input pixels). Top-k, NMS and calibration stay in numpy (serving_runtime), where
 they cost little on at most 300 candidates and match the SavedModel's decode.
@@ -85,6 +86,40 @@ def resize_in_uint8(ov_model):  # type: ignore[no-untyped-def]
     return ov_model
 
 
+def resize_outside(ov_model):  # type: ignore[no-untyped-def]
+    """The same model without its opening resize: it takes the uint8 frame at the input size
+    [B, h, w, 3], which the runtime resizes (serving_runtime.resize_frame: the same bilinear
+    resize, at a tenth of the Interpolate's CPU). Either opening, Parameter -> Interpolate ->
+    Convert (the INT8 IR) or Parameter -> Convert -> Interpolate (FP32), is cut; a model without
+    one is returned unchanged."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    param = ov_model.get_parameters()[0]
+    chain = []
+    node = param
+    while len(chain) < 2 and len(node.output(0).get_target_inputs()) == 1:
+        node = next(iter(node.output(0).get_target_inputs())).get_node()
+        chain.append(node)
+        if node.get_type_name() == "Interpolate":
+            break
+    if not chain or chain[-1].get_type_name() != "Interpolate" or chain[0].get_type_name() not in ("Interpolate", "Convert"):
+        return ov_model
+    resize = chain[-1]
+    sizes = resize.input_value(1).get_node()
+    if resize.get_attributes()["shape_calculation_mode"] != "sizes" or sizes.get_type_name() != "Constant":
+        return ov_model
+    h, w = (int(v) for v in sizes.get_data())
+    frame = ops.parameter([-1, h, w, 3], param.get_element_type(), name=param.get_friendly_name())
+    frame.output(0).get_tensor().set_names(param.output(0).get_names())
+    source = frame.output(0) if len(chain) == 1 else ops.convert(frame, chain[0].get_output_element_type(0)).output(0)
+    for target in list(resize.output(0).get_target_inputs()):
+        target.replace_source_output(source)
+    model = ov.Model(ov_model.outputs, [frame], ov_model.get_friendly_name())
+    model.validate_nodes_and_infer_types()
+    return model
+
+
 def rewrite_verified(xml: Path, images: list[np.ndarray], rewrite=resize_in_uint8, atol: float = 1e-4) -> bool:  # type: ignore[no-untyped-def]
     """Rewrite the IR at ``xml`` in place with ``rewrite`` if that changes its graph, once the
     rewritten model has given the same outputs as the stored one on every image (uint8 [H, W, 3]);
@@ -108,12 +143,65 @@ def rewrite_verified(xml: Path, images: list[np.ndarray], rewrite=resize_in_uint
             if worst > atol:
                 raise ValueError(f"{xml.name}: rewritten, its {name!r} output differs by {worst:.4g} "
                                  f"(> {atol}) on a {image.shape[1]}x{image.shape[0]} image; kept as stored")
-    xml = Path(xml)
+    _save_in_place(candidate, Path(xml))
+    return True
+
+
+def _save_in_place(model, xml: Path) -> None:  # type: ignore[no-untyped-def]
+    import openvino as ov
+
     new = xml.with_name(xml.stem + ".rewritten.xml")
     # Written beside, then moved: OpenVINO maps the .bin it read, so it cannot overwrite it.
-    ov.save_model(candidate, str(new), compress_to_fp16=False)
+    ov.save_model(model, str(new), compress_to_fp16=False)
     os.replace(new, xml)
     os.replace(new.with_suffix(".bin"), xml.with_suffix(".bin"))
+
+
+def resize_outside_verified(xml: Path, images: list[np.ndarray], threshold: float, min_iou: float = 0.9,
+                            score_tolerance: float = 0.05, resize=None) -> bool:  # type: ignore[no-untyped-def]
+    """Rewrite the IR at ``xml`` in place with ``resize_outside`` once, on every image, the
+    rewritten IR fed the runtime's resize (``resize``: serving_runtime.resize_frame) has given
+    the stored IR's detections: each detection scoring at least ``threshold`` (raw) in one has a
+    partner in the other within ``min_iou`` and ``score_tolerance``. ValueError naming the image
+    otherwise, and the IR is left as it was. Returns whether it was rewritten.
+
+    The outputs cannot be identical: 0.004 % of the resized pixels round the other way (and the
+    FP32 IR resized in float, unrounded). An INT8 network moves by as much for any such change:
+    on version 8's IR, twenty random pixels one level off moved a score by up to 0.023 and a box
+    to IoU 0.957, and this rewrite by 0.022 and 0.963. The tolerances leave room for that and
+    catch a wrong resize (a shifted or nearest-neighbour one fails them)."""
+    import openvino as ov
+
+    from training.detections import postprocess
+    from training.metrics import iou_matrix
+    from training.serving_runtime import resize_frame
+
+    resize = resize or resize_frame
+    core = ov.Core()
+    stored = core.read_model(str(xml))
+    candidate = resize_outside(core.read_model(str(xml)))
+    if candidate.input(0).get_partial_shape() == stored.input(0).get_partial_shape():
+        return False
+    h, w = (candidate.input(0).get_partial_shape()[i].get_length() for i in (1, 2))
+    before, after = (core.compile_model(m, "CPU", {"INFERENCE_NUM_THREADS": 1}) for m in (stored, candidate))
+
+    def found(compiled, frame: np.ndarray, wh: np.ndarray, floor: float):  # type: ignore[no-untyped-def]
+        out = compiled(frame[None])
+        return postprocess(out["heat"][0], out["boxes"][0], wh / np.array([w, h], np.float32), wh, floor)
+
+    for image in images:
+        wh = np.array([image.shape[1], image.shape[0]], np.float32)
+        resized = resize(image, (w, h))
+        old = {floor: found(before, image, wh, floor) for floor in (threshold, threshold - score_tolerance)}
+        new = {floor: found(after, resized, wh, floor) for floor in (threshold, threshold - score_tolerance)}
+        for (b1, s1, _), (b2, s2, _) in ((old[threshold], new[threshold - score_tolerance]),
+                                         (new[threshold], old[threshold - score_tolerance])):
+            close = (iou_matrix(b1, b2) >= min_iou) & (np.abs(s1[:, None] - s2[None, :]) <= score_tolerance)
+            if not close.any(axis=1).all():
+                raise ValueError(f"{Path(xml).name}: with the resize outside it, a detection changed on a "
+                                 f"{image.shape[1]}x{image.shape[0]} image (IoU < {min_iou} or score off by "
+                                 f"> {score_tolerance}); kept as stored")
+    _save_in_place(candidate, Path(xml))
     return True
 
 
@@ -134,17 +222,18 @@ def export_ir(detector, out_dir: Path, calibration_paths: list[Path], int8: bool
     ov_model = ov.convert_model(network_function(detector))
     for i, name in enumerate(("heat", "boxes")):
         ov_model.outputs[i].get_tensor().set_names({name})
-    ov.save_model(ov_model, str(out_dir / "model_fp32.xml"), compress_to_fp16=False)
     written = {"fp32": "model_fp32.xml"}
     if int8:
         import nncf
 
+        # Calibrated with the resize in the graph, on frames at their own size; then cut (below).
         data = calibration_arrays(calibration_paths)
         q = nncf.quantize(ov_model, nncf.Dataset(data), preset=nncf.QuantizationPreset.MIXED,
                           subset_size=len(data), fast_bias_correction=True,
                           ignored_scope=nncf.IgnoredScope(types=NOT_QUANTISED, validate=False))
-        ov.save_model(resize_in_uint8(q), str(out_dir / "model_int8.xml"), compress_to_fp16=False)
+        ov.save_model(resize_outside(q), str(out_dir / "model_int8.xml"), compress_to_fp16=False)
         written["int8"] = "model_int8.xml"
+    ov.save_model(resize_outside(ov_model), str(out_dir / "model_fp32.xml"), compress_to_fp16=False)
     log.info("OpenVINO IR written to %s: %s", out_dir, written)
     return written
 

@@ -1,6 +1,7 @@
 """A new version from an existing one's artefacts with this checkout's runtime files.
 
-    python -m training.repackage FROM [--version N] --reason "..." [--crossval CROSSVAL_JSON] [--rewrite-ir] [--triton HOST:PORT]
+    python -m training.repackage FROM [--version N] --reason "..." [--crossval CROSSVAL_JSON] [--rewrite-ir]
+        [--runtime-resize] [--triton HOST:PORT]
 
 The weights, the OpenVINO IR (with its quantisation), the reports and every measured figure
 (validation, cross-validation, calibration, gates) are the old version's, byte for byte; the
@@ -19,6 +20,13 @@ SavedModel's graph holds that calibration, so the new run must have chosen the s
 (`training.openvino_export.resize_in_uint8`), applied only once the rewritten IR has given the
 stored one's outputs on real frames of four sizes (`rewrite_verified`); otherwise nothing is
 written. Every measured figure still holds, since the network answers the same.
+
+``--runtime-resize``: both IRs lose their opening resize and take the frame at the input size,
+which the runtime (this checkout's) resizes with OpenCV (`training.openvino_export.resize_outside`);
+applied only once the detections at the version's operating threshold have come out the same
+(IoU >= 0.95, scores within 0.02) on the same real frames (`resize_outside_verified`). 0.004 % of
+the resized pixels round the other way, so the outputs are not bit-identical: evaluate the new
+version (`training.evaluate`) before serving it.
 """
 from __future__ import annotations
 
@@ -74,7 +82,7 @@ def check_images() -> list:
 
 
 def repackage(repository: Path, source_version: int, reason: str, version: int | None = None,
-              crossval: Path | None = None, rewrite_ir: bool = False) -> Path:
+              crossval: Path | None = None, rewrite_ir: bool = False, runtime_resize: bool = False) -> Path:
     """Write the new version directory; returns it."""
     source = Path(repository) / MODEL_NAME / str(source_version)
     if not (source / "model_metadata.json").is_file():
@@ -105,6 +113,13 @@ def repackage(repository: Path, source_version: int, reason: str, version: int |
 
             if rewrite_verified(int8, check_images(), resize_in_uint8):
                 meta["repackaged_from"]["ir_rewrites"] = {int8.name: [resize_in_uint8.__name__]}
+        if runtime_resize:
+            from training.openvino_export import resize_outside, resize_outside_verified
+
+            threshold = float(meta.get("crossval", {}).get("threshold") or 0.3)
+            for xml in sorted((tmp / "openvino").glob("model_*.xml")):
+                if resize_outside_verified(xml, check_images(), threshold):
+                    meta["repackaged_from"].setdefault("ir_rewrites", {}).setdefault(xml.name, []).append(resize_outside.__name__)
 
     return write_version_dir(Path(repository), metadata, fill, version=version)
 
@@ -118,12 +133,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="box scale and cross-validated figures from this cross-validation of the same recipe")
     parser.add_argument("--rewrite-ir", action="store_true",
                         help="apply the exporter's lossless rewrites to the INT8 IR, once verified on real frames")
+    parser.add_argument("--runtime-resize", action="store_true",
+                        help="cut the IRs' opening resize (the runtime resizes, at a tenth of the CPU), once the "
+                             "detections are verified the same on real frames")
     parser.add_argument("--repository", type=Path, default=Path(config.MODEL_REPOSITORY))
     parser.add_argument("--registry", default=None, metavar="PATH", help="model registry JSON (default: the project's)")
     parser.add_argument("--triton", default=None, metavar="HOST:PORT", help="reload the model on this Triton afterwards")
     args = parser.parse_args(argv)
     try:
-        vdir = repackage(args.repository, args.source, args.reason, args.version, args.crossval, args.rewrite_ir)
+        vdir = repackage(args.repository, args.source, args.reason, args.version, args.crossval, args.rewrite_ir,
+                         args.runtime_resize)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from services.common import config
-from tests.conftest import version_resizing_in_float
+from tests.conftest import version_resizing_in_float, version_resizing_in_its_graph
 from training import REPO_ROOT
 from training.metrics import iou_matrix
 
@@ -283,6 +283,43 @@ def test_a_model_without_the_resize_opening_is_left_as_it_is() -> None:
 
     from training.openvino_export import resize_in_uint8
 
+    from training.openvino_export import resize_outside
+
     image = ops.parameter([1, 8, 8, 3], ov.Type.f32)
     model = ov.Model([ops.relu(image)], [image])
     assert [op.get_type_name() for op in resize_in_uint8(model).get_ordered_ops()] == ["Parameter", "Relu", "Result"]
+    assert resize_outside(model) is model
+
+
+@pytest.mark.parametrize("library", ["opencv", "numpy"])
+def test_the_runtime_resizes_as_the_ir_graph_did(frames: list[bytes], library: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """serving_runtime.resize_frame, with OpenCV or (where it is absent) numpy, gives the pixels of
+    the resize that the IRs up to version 8 run in their graph (OpenVINO's Interpolate), on frames
+    down- and up-scaled, but for values at .5 that round the other way."""
+    import io
+
+    import openvino as ov
+    from PIL import Image
+
+    from training import serving_runtime
+
+    if library == "numpy":
+        monkeypatch.setattr(serving_runtime, "cv2", None)
+    else:
+        assert serving_runtime.cv2 is not None, "opencv-python-headless is in requirements.txt"
+    xml = version_resizing_in_its_graph() / "openvino" / "model_int8.xml"
+    stored = ov.Core().read_model(str(xml))
+    resize = next(iter(stored.get_parameters()[0].output(0).get_target_inputs())).get_node()
+    assert resize.get_type_name() == "Interpolate"
+    height, width = (int(v) for v in resize.input_value(1).get_node().get_data())
+    graph = ov.Core().compile_model(ov.Model([resize.output(0)], stored.get_parameters()), "CPU")  # the IR's opening alone
+    big = Image.open(io.BytesIO(frames[0])).convert("RGB")
+    images = [serving_runtime.decode_image(d) for d in frames[:3]] + [np.asarray(big.resize(s)) for s in ((1280, 720), (320, 180))]
+    for image in images:
+        expected = graph(image[None])[0][0]
+        got = serving_runtime.resize_frame(image, (width, height))
+        assert got.shape == expected.shape and got.dtype == np.uint8
+        diff = np.abs(got.astype(int) - expected.astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-4, (image.shape, (diff > 0).mean())
+    at_size = np.zeros((height, width, 3), np.uint8)
+    assert serving_runtime.resize_frame(at_size, (width, height)) is at_size  # nothing to do, no copy

@@ -12,9 +12,9 @@ import pytest
 from services.common import image_features
 from services.common.images import check_image
 from services.common.image_features import extract_features
-from tests.conftest import REPO_ROOT, frame, ir_opening, version_resizing_in_float
+from tests.conftest import REPO_ROOT, frame, ir_opening, version_resizing_in_float, version_resizing_in_its_graph
 from training import serving_runtime
-from training.repackage import repackage
+from training.repackage import check_images, repackage
 from training.version_dir import RUNTIME_FILES
 
 SERVED = max((p for p in (REPO_ROOT / "model_repository" / "car_detector").iterdir() if p.name.isdigit()),
@@ -158,3 +158,66 @@ def test_a_version_whose_filling_fails_leaves_nothing_behind(tmp_path: Path) -> 
     with pytest.raises(ValueError, match="half way"):
         write_version_dir(tmp_path, {}, fill, version=3)
     assert list((tmp_path / "car_detector").iterdir()) == []
+
+
+def test_repackage_cuts_the_resize_out_of_the_irs_and_the_runtime_finds_the_same_cars(tmp_path: Path) -> None:
+    """--runtime-resize: both IRs take the frame at the input size, the runtime resizes it, and the
+    new version serves the source's detections on frames of four sizes (within the INT8
+    network's own jitter); every other artefact byte for byte."""
+    import numpy as np
+
+    from training.metrics import iou_matrix
+
+    repository = tmp_path / "repository"
+    source = repository / "car_detector" / "1"
+    shutil.copytree(version_resizing_in_its_graph(), source, ignore=shutil.ignore_patterns("__pycache__"))
+    new = repackage(repository, 1, "resize in the runtime", runtime_resize=True)
+    meta = json.loads((new / "model_metadata.json").read_text())
+    assert meta["repackaged_from"]["ir_rewrites"] == {"model_fp32.xml": ["resize_outside"], "model_int8.xml": ["resize_outside"]}
+    width, height = meta["input_size"]["width"], meta["input_size"]["height"]
+    import openvino as ov
+
+    for name in ("model_int8.xml", "model_fp32.xml"):
+        model = ov.Core().read_model(str(new / "openvino" / name))
+        assert "Interpolate" not in ir_opening(new / "openvino" / name)
+        assert str(model.input(0).get_partial_shape()) == f"[?,{height},{width},3]", name
+    rewritten = {Path("openvino") / f"model_{p}.{e}" for p in ("int8", "fp32") for e in ("xml", "bin")}
+    artefacts = [p.relative_to(source) for p in source.rglob("*") if p.is_file()
+                 and p.name not in ("model_metadata.json", "manifest.json", *RUNTIME_FILES)]
+    assert all(filecmp.cmp(source / a, new / a, shallow=False) for a in artefacts if a not in rewritten)
+    serving_runtime.verify_manifest(new)
+    images = check_images()
+    before = serving_runtime.OpenVinoDetector(source, "int8", verify=False).infer_arrays(images)
+    served = serving_runtime.OpenVinoDetector(new, "int8")
+    assert not served.resizes_in_graph
+    after = served.infer_arrays(images)
+    compared = 0
+    for image, (b1, s1, _), (b2, s2, _) in zip(images, before, after):
+        keep = s1 >= meta["operating_threshold"]
+        if keep.any():
+            iou = iou_matrix(b1[keep], b2)
+            best = iou.argmax(axis=1)
+            assert (iou.max(axis=1) >= 0.9).all() and (np.abs(s1[keep] - s2[best]) <= 0.05).all(), image.shape
+            assert (b2[:, 2] <= image.shape[1]).all() and (b2[:, 3] <= image.shape[0]).all()  # original pixels
+            compared += int(keep.sum())
+    assert compared >= 8
+    # Nothing left to cut: the same bytes, no rewrite recorded.
+    again = repackage(repository, 2, "nothing to cut", runtime_resize=True)
+    assert filecmp.cmp(new / "openvino" / "model_int8.bin", again / "openvino" / "model_int8.bin", shallow=False)
+    assert "ir_rewrites" not in json.loads((again / "model_metadata.json").read_text())["repackaged_from"]
+
+
+def test_cutting_the_resize_is_refused_when_the_runtime_resizes_differently(tmp_path: Path) -> None:
+    import numpy as np
+
+    from training.openvino_export import resize_outside_verified
+
+    def shifted(rgb, wh):  # type: ignore[no-untyped-def]
+        return np.roll(serving_runtime.resize_frame(rgb, wh), 6, axis=1)  # six pixels to the right
+
+    ir = tmp_path / "openvino"
+    shutil.copytree(version_resizing_in_its_graph() / "openvino", ir)
+    before = {p.name: p.read_bytes() for p in ir.iterdir()}
+    with pytest.raises(ValueError, match=r"model_int8.xml: with the resize outside it, a detection changed on a 676x380 image"):
+        resize_outside_verified(ir / "model_int8.xml", [serving_runtime.decode_image(frame())], 0.3, resize=shifted)
+    assert {p.name: p.read_bytes() for p in ir.iterdir()} == before
