@@ -14,7 +14,7 @@ BF16 (the FP32 IR computed in BF16, where the exporting CPU has native BF16); th
 serves INT8 if its gate passed, else BF16 on CPUs that have it if that gate passed, else FP32.
 The post-processing (sigmoid, peak picking, the distance-to-box arithmetic) is kept out of the
 INT8 quantisation: quantised, it cost 0.050 AP50 on v3's blocks instead of 0.012
-(docs/performance.md).
+(docs/performance.md). So are the GroupNorms (docs/experiments/groupnorm_quantisation.py).
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ INT8_TOLERANCE = 0.01
 CALIBRATION_FRAMES = 64
 # Op types left in FP32 by NNCF: the IR's post-processing after the network's two heads.
 NOT_QUANTISED = ["MaxPool", "Sigmoid", "Equal", "Select", "Multiply", "Interpolate"]
+# ...and the GroupNorms' arithmetic (training.model names those layers *_gn): quantised, NNCF put
+# 49 FakeQuantizes on their means and variances (v9's IR), which cost CPU and buy nothing.
+NOT_QUANTISED_NAMES = [r".*_gn(_\d+)?/.*"]
 
 
 def network_function(detector):  # type: ignore[no-untyped-def]
@@ -230,7 +233,7 @@ def export_ir(detector, out_dir: Path, calibration_paths: list[Path], int8: bool
         data = calibration_arrays(calibration_paths)
         q = nncf.quantize(ov_model, nncf.Dataset(data), preset=nncf.QuantizationPreset.MIXED,
                           subset_size=len(data), fast_bias_correction=True,
-                          ignored_scope=nncf.IgnoredScope(types=NOT_QUANTISED, validate=False))
+                          ignored_scope=nncf.IgnoredScope(types=NOT_QUANTISED, patterns=NOT_QUANTISED_NAMES, validate=False))
         ov.save_model(resize_outside(q), str(out_dir / "model_int8.xml"), compress_to_fp16=False)
         written["int8"] = "model_int8.xml"
     ov.save_model(resize_outside(ov_model), str(out_dir / "model_fp32.xml"), compress_to_fp16=False)

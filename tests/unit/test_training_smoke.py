@@ -209,3 +209,16 @@ def test_train_cli_reports_bad_data_dir(tmp_path: Path, capsys: pytest.CaptureFi
 
     assert main(["--data", str(tmp_path / "missing")]) == 2
     assert "error: data directory not found" in capsys.readouterr().err
+
+
+def test_the_irs_take_the_input_size_and_leave_the_group_norms_unquantised(version_dir: Path) -> None:
+    """The export cuts the IRs' opening resize (the runtime resizes) and quantises the
+    convolutions, not the GroupNorms' means and variances."""
+    import openvino as ov
+
+    for name in ("model_fp32.xml", "model_int8.xml"):
+        model = ov.Core().read_model(str(version_dir / "openvino" / name))
+        assert str(model.input(0).get_partial_shape()) == "[?,64,64,3]", name
+        assert "Interpolate" not in [op.get_type_name() for op in model.get_ordered_ops()][:4], name
+    quantised = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
+    assert quantised and not [n for n in quantised if "_gn" in n], [n for n in quantised if "_gn" in n][:3]
