@@ -227,18 +227,46 @@ def export_ir(detector, out_dir: Path, calibration_paths: list[Path], int8: bool
         ov_model.outputs[i].get_tensor().set_names({name})
     written = {"fp32": "model_fp32.xml"}
     if int8:
-        import nncf
-
         # Calibrated with the resize in the graph, on frames at their own size; then cut (below).
-        data = calibration_arrays(calibration_paths)
-        q = nncf.quantize(ov_model, nncf.Dataset(data), preset=nncf.QuantizationPreset.MIXED,
-                          subset_size=len(data), fast_bias_correction=True,
-                          ignored_scope=nncf.IgnoredScope(types=NOT_QUANTISED, patterns=NOT_QUANTISED_NAMES, validate=False))
+        q = quantise(ov_model, calibration_arrays(calibration_paths))
         ov.save_model(resize_outside(q), str(out_dir / "model_int8.xml"), compress_to_fp16=False)
         written["int8"] = "model_int8.xml"
     ov.save_model(resize_outside(ov_model), str(out_dir / "model_fp32.xml"), compress_to_fp16=False)
     log.info("OpenVINO IR written to %s: %s", out_dir, written)
     return written
+
+
+def quantise(ov_model, frames: list[np.ndarray]):  # type: ignore[no-untyped-def]
+    """NNCF post-training INT8 quantisation of an FP32 IR, calibrated on ``frames`` ([1, H, W, 3] uint8)."""
+    import nncf
+
+    return nncf.quantize(ov_model, nncf.Dataset(frames), preset=nncf.QuantizationPreset.MIXED,
+                         subset_size=len(frames), fast_bias_correction=True,
+                         ignored_scope=nncf.IgnoredScope(types=NOT_QUANTISED, patterns=NOT_QUANTISED_NAMES, validate=False))
+
+
+def requantise(version_dir: Path, meta: dict, data_dir: str) -> None:
+    """The version's INT8 IR quantised again from its FP32 IR with this checkout's scope, on the
+    labelled frames it trained on, and the precision gates run again and recorded in ``meta``.
+    The FP32 IR must take the frame at the input size (``resize_outside`` first)."""
+    import openvino as ov
+
+    from training.data import load_dataset
+    from training.serving_runtime import resize_frame
+
+    fp32 = ov.Core().read_model(str(Path(version_dir) / "openvino" / "model_fp32.xml"))
+    if not fp32.input(0).get_partial_shape()[1].is_static:
+        raise ValueError(f"{version_dir}: its FP32 IR resizes in its graph; cut the resize first (--runtime-resize)")
+    ds = load_dataset(data_dir, "auto")
+    if ds.fingerprint() != meta.get("dataset", {}).get("fingerprint"):
+        raise ValueError(f"{data_dir} is not the dataset the version trained on (fingerprints differ)")
+    ordered = sorted(ds.samples, key=lambda s: s.sort_key)
+    t0 = time.time()
+    wh = (fp32.input(0).get_partial_shape()[2].get_length(), fp32.input(0).get_partial_shape()[1].get_length())
+    frames = [resize_frame(frame[0], wh)[None] for frame in calibration_arrays([s.path for s in ordered])]
+    _save_in_place(quantise(fp32, frames), Path(version_dir) / "openvino" / "model_int8.xml")
+    run_gates(Path(version_dir), meta, ordered, ds.class_names, {"crossval": meta.get("crossval", {})},
+              {"fp32": "model_fp32.xml", "int8": "model_int8.xml"}, len(ordered), t0)
 
 
 def int8_gate(fp32: dict, int8: dict, tolerance: float = INT8_TOLERANCE) -> dict:
@@ -277,6 +305,16 @@ def score_on_blocks(detector, samples: list, blocks: list[list[int]], class_name
 def add_openvino(detector, version_dir: Path, meta: dict, ordered: list, train_samples: list,  # type: ignore[no-untyped-def]
                  class_names: list[str], crossval: dict | None) -> None:
     """Exporter step: write the IRs into the (temporary) version dir, run the INT8 gate, record it."""
+    t0 = time.time()
+    written = export_ir(detector, Path(version_dir) / "openvino", [s.path for s in train_samples])
+    run_gates(Path(version_dir), meta, ordered, class_names, crossval, written, len(train_samples), t0)
+    keep_reports(Path(version_dir), meta)
+
+
+def run_gates(version_dir: Path, meta: dict, ordered: list, class_names: list[str], crossval: dict | None,
+              written: dict, calibration_pool: int, t0: float) -> None:
+    """Score FP32, INT8 and (on BF16 CPUs) BF16 on the cross-validation blocks, run the INT8 and
+    BF16 gates, and record them with what is served in ``meta["runtime"]``."""
     import json
 
     import nncf
@@ -285,8 +323,6 @@ def add_openvino(detector, version_dir: Path, meta: dict, ordered: list, train_s
     from training.data import make_blocks
     from training.serving_runtime import OpenVinoDetector, cpu_has_bf16
 
-    t0 = time.time()
-    written = export_ir(detector, Path(version_dir) / "openvino", [s.path for s in train_samples])
     cv = (crossval or {}).get("crossval", {})
     k, gap = int(cv.get("k", 5)), int(cv.get("gap_frames", 2))
     blocks = [held for _, held in make_blocks(ordered, k, gap)] if len(ordered) >= 2 * k else [list(range(len(ordered)))]
@@ -318,14 +354,13 @@ def add_openvino(detector, version_dir: Path, meta: dict, ordered: list, train_s
         "openvino": ov.__version__.split("-")[0],
         "nncf": nncf.__version__,
         "ir": {p: f"openvino/{f}" for p, f in written.items()},
-        "int8_calibration_frames": min(CALIBRATION_FRAMES, len(train_samples)),
+        "int8_calibration_frames": min(CALIBRATION_FRAMES, calibration_pool),
         "int8_gate": gate,
         "export_seconds": round(time.time() - t0, 1),
     }
     print(f"INT8 gate {'passed' if gate['passed'] else 'FAILED'}: {gate['drops']}; BF16 gate "
           f"{'passed' if bf16_gate['passed'] else 'FAILED'}: {bf16_gate.get('drops', bf16_gate.get('reason'))}; "
           f"serving {serving}", flush=True)
-    keep_reports(Path(version_dir), meta)
 
 
 def keep_reports(version_dir: Path, meta: dict) -> None:

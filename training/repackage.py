@@ -1,7 +1,7 @@
 """A new version from an existing one's artefacts with this checkout's runtime files.
 
     python -m training.repackage FROM [--version N] --reason "..." [--crossval CROSSVAL_JSON] [--rewrite-ir]
-        [--runtime-resize] [--triton HOST:PORT]
+        [--runtime-resize] [--requantise] [--triton HOST:PORT]
 
 The weights, the OpenVINO IR (with its quantisation), the reports and every measured figure
 (validation, cross-validation, calibration, gates) are the old version's, byte for byte; the
@@ -27,6 +27,11 @@ applied only once the detections at the version's operating threshold have come 
 (IoU >= 0.9, raw scores within 0.05: the INT8 network's own jitter) on the same real frames
 (`resize_outside_verified`). 0.004 % of the resized pixels round the other way, so the outputs are
 not bit-identical: evaluate the new version (`training.evaluate --server`) before serving it.
+
+``--requantise``: the INT8 IR is quantised again from the FP32 IR with this checkout's exporter
+(`training.openvino_export.requantise`: its ignored scope, 64 of the labelled frames in DATA_DIR,
+which must be the version's dataset), and the INT8 and BF16 gates run again on the
+cross-validation blocks; the new gates and what is served replace `runtime` in the metadata.
 """
 from __future__ import annotations
 
@@ -82,7 +87,8 @@ def check_images() -> list:
 
 
 def repackage(repository: Path, source_version: int, reason: str, version: int | None = None,
-              crossval: Path | None = None, rewrite_ir: bool = False, runtime_resize: bool = False) -> Path:
+              crossval: Path | None = None, rewrite_ir: bool = False, runtime_resize: bool = False,
+              requantise: bool = False) -> Path:
     """Write the new version directory; returns it."""
     source = Path(repository) / MODEL_NAME / str(source_version)
     if not (source / "model_metadata.json").is_file():
@@ -120,6 +126,11 @@ def repackage(repository: Path, source_version: int, reason: str, version: int |
             for xml in sorted((tmp / "openvino").glob("model_*.xml")):
                 if resize_outside_verified(xml, check_images(), threshold):
                     meta["repackaged_from"].setdefault("ir_rewrites", {}).setdefault(xml.name, []).append(resize_outside.__name__)
+        if requantise:
+            from training.openvino_export import NOT_QUANTISED, NOT_QUANTISED_NAMES, requantise as quantise_again
+
+            quantise_again(tmp, meta, config.DATA_DIR)
+            meta["repackaged_from"]["requantised"] = {"ignored_types": NOT_QUANTISED, "ignored_names": NOT_QUANTISED_NAMES}
 
     return write_version_dir(Path(repository), metadata, fill, version=version)
 
@@ -136,13 +147,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime-resize", action="store_true",
                         help="cut the IRs' opening resize (the runtime resizes, at a tenth of the CPU), once the "
                              "detections are verified the same on real frames")
+    parser.add_argument("--requantise", action="store_true",
+                        help="quantise the INT8 IR again from the FP32 IR with this checkout's scope, on DATA_DIR's "
+                             "frames, and rerun the precision gates (the FP32 IR must take the input size)")
     parser.add_argument("--repository", type=Path, default=Path(config.MODEL_REPOSITORY))
     parser.add_argument("--registry", default=None, metavar="PATH", help="model registry JSON (default: the project's)")
     parser.add_argument("--triton", default=None, metavar="HOST:PORT", help="reload the model on this Triton afterwards")
     args = parser.parse_args(argv)
     try:
         vdir = repackage(args.repository, args.source, args.reason, args.version, args.crossval, args.rewrite_ir,
-                         args.runtime_resize)
+                         args.runtime_resize, args.requantise)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -221,3 +221,41 @@ def test_cutting_the_resize_is_refused_when_the_runtime_resizes_differently(tmp_
     with pytest.raises(ValueError, match=r"model_int8.xml: with the resize outside it, a detection changed on a 676x380 image"):
         resize_outside_verified(ir / "model_int8.xml", [serving_runtime.decode_image(frame())], 0.3, resize=shifted)
     assert {p.name: p.read_bytes() for p in ir.iterdir()} == before
+
+
+def test_repackage_requantises_the_int8_ir_and_reruns_the_gates(tmp_path: Path) -> None:
+    """--requantise: the INT8 IR quantised again from the FP32 IR with the exporter's scope (no
+    FakeQuantize in a GroupNorm), the gates run again and recorded; refused while the FP32 IR
+    still resizes in its graph."""
+    import openvino as ov
+
+    def fake_quantizes(version: Path) -> list[str]:
+        model = ov.Core().read_model(str(version / "openvino" / "model_int8.xml"))
+        return [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
+
+    # The newest version that takes the frame at the input size and quantised its GroupNorms (v9).
+    subject = next(v for v in sorted(SERVED.parent.iterdir(), key=lambda p: -int(p.name) if p.name.isdigit() else 0)
+                   if v.name.isdigit() and (v / "openvino" / "model_int8.xml").is_file()
+                   and "Interpolate" not in ir_opening(v / "openvino" / "model_fp32.xml")
+                   and any("_gn" in n for n in fake_quantizes(v)))
+    repository = tmp_path / "repository"
+    source = repository / "car_detector" / "1"
+    shutil.copytree(subject, source, ignore=shutil.ignore_patterns("__pycache__"))
+    new = repackage(repository, 1, "GroupNorms unquantised", requantise=True)
+    old, meta = (json.loads((d / "model_metadata.json").read_text()) for d in (source, new))
+    assert fake_quantizes(new) and not [n for n in fake_quantizes(new) if "_gn" in n]
+    assert len(fake_quantizes(new)) < len(fake_quantizes(source))
+    gate = meta["runtime"]["int8_gate"]
+    assert gate["int8"] != old["runtime"]["int8_gate"]["int8"]  # scored again, on the new INT8 IR
+    assert 0.9 < gate["fp32"]["pooled"]["ap50"] <= 1.0
+    assert gate["passed"] == (meta["runtime"]["serving"] == "openvino-int8")
+    assert set(gate["drops"]) >= {"pooled_ap50_drop", "pooled_ap50_95_drop"}
+    assert meta["repackaged_from"]["requantised"]["ignored_names"]
+    assert filecmp.cmp(source / "openvino" / "model_fp32.bin", new / "openvino" / "model_fp32.bin", shallow=False)
+    serving_runtime.verify_manifest(new)
+
+    resizing = repository / "car_detector" / "3"
+    shutil.copytree(version_resizing_in_its_graph(), resizing, ignore=shutil.ignore_patterns("__pycache__"))
+    with pytest.raises(ValueError, match="resizes in its graph; cut the resize first"):
+        repackage(repository, 3, "not yet", requantise=True)
+    assert not (repository / "car_detector" / "4").exists()
